@@ -38,9 +38,24 @@ def _digest(obs) -> str:
     return h.hexdigest()
 
 
+def test_data_envs_explain_a_missing_data_path():
+    with pytest.raises(ValueError, match="needs data_path"):
+        gym.make("DeepEyes-VStar-v0")
+
+
 @pytest.mark.parametrize("env_id", sorted(deepeyes_gym.ENV_IDS))
-def test_check_env_every_registered_id(env_id):
-    env = gym.make(env_id)
+def test_check_env_every_registered_id(env_id, tmp_path):
+    from datafiles import write_rl_parquet, write_vlmevalkit_tsv
+
+    from deepeyes_gym.envs.registration import BENCHMARK_OF, NEEDS_DATA
+
+    kwargs = {}
+    if env_id in NEEDS_DATA:
+        if BENCHMARK_OF[env_id] in ("DeepEyesV2-RL", "MMSearch"):
+            kwargs["data_path"] = str(write_rl_parquet(tmp_path / "data.parquet"))
+        else:
+            kwargs["data_path"] = str(write_vlmevalkit_tsv(tmp_path / "data.tsv"))
+    env = gym.make(env_id, **kwargs)
     try:
         check_env(env.unwrapped)
     finally:
@@ -88,7 +103,7 @@ def test_answer_never_leaks_before_the_end(env):
     assert "answer" not in info and "ground_truth" not in info
     obs, r, term, trunc, info = env.step(zoom([0, 0, 200, 200]))
     assert "ground_truth" not in info and "accuracy" not in info
-    obs, r, term, trunc, info = env.step(f"<answer>{truth}</answer>")
+    obs, r, term, trunc, info = env.step(f"The zoomed view shows it.</think><answer>{truth}</answer>")
     assert term and not trunc
     assert info["ground_truth"] == truth and info["accuracy"] == 1.0 and r == 1.0
     assert info["format_ok"] is True

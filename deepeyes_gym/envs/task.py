@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +18,8 @@ CAPABILITIES = ("perception", "reasoning", "search")
 
 # Decompression-bomb guard: refuse images above this many pixels (a 20000x20000 PNG is 400 MP).
 MAX_IMAGE_PIXELS = 8192 * 8192
+
+_B64 = re.compile(r"[A-Za-z0-9+/=\s]+")
 
 
 class TaskImageError(ValueError):
@@ -48,7 +51,7 @@ def load_image(ref: Any, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
             elif os.path.exists(s):
                 with open(s, "rb") as f:
                     img = _open_bytes(f.read(), max_pixels)
-            elif len(s) > 256 and "/" not in s[:64]:
+            elif len(s) > 256 and _B64.fullmatch(s[:1024]):  # JPEG base64 starts with "/9j/"
                 img = _open_bytes(base64.b64decode(s), max_pixels)
             else:
                 raise TaskImageError(f"image file not found: {s!r}")
@@ -84,14 +87,14 @@ class Task:
     id: str
     question: str
     answer: str
-    images: Sequence[Any] = ()
+    images: Sequence[Any] = field(default=(), repr=False)
     answer_kind: str | None = None  # numeric, choice, text, math, yesno, list ...
     options: Mapping[str, str] | None = None  # {"A": "red", "B": "blue"}
     domain: str = "general"
     capabilities: frozenset[str] = frozenset()
     reference_solution: Sequence[str] | None = None  # assistant turns (tool calls) that solve it
     source: str = "custom"
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.capabilities = frozenset(self.capabilities)
