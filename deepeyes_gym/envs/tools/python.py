@@ -1,0 +1,211 @@
+"""The DeepEyesV2 code tool: ``<code>```python ...```</code>`` runs in a stateful, isolated sandbox."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Mapping, Sequence
+
+from ..sandbox import ExecResult, LocalSandbox, RemoteSandbox, SandboxBackend, SandboxConfig, SandboxError
+from ..sandbox.config import DEFAULT_PRELOAD
+from .base import Tool, ToolContext, ToolError, ToolResult
+
+__all__ = ["PythonTool", "format_code_observation"]
+
+IMAGE_TOKEN = "<image>"
+_NEUTRAL_IMAGE = "[image]"  # a "<image>" printed by the code must not pass for an image placeholder
+
+
+def format_code_observation(stdout: str, stderr: str, n_images: int) -> str:
+    """The DeepEyesV2 code observation: stdout and stderr fences, then one ``<image>`` per image."""
+    text = f"Code execution result:\nstdout:\n```\n{stdout}\n```\n\nstderr:\n```\n{stderr}\n```\n\n"
+    if n_images:
+        text += "Images:\n" + IMAGE_TOKEN * n_images
+    return text.strip()
+
+
+class PythonTool(Tool):
+    """Run model-written Python in a per-episode Jupyter-like session.
+
+    The task's input images are bound as ``image_1``, ``image_2``, ... (PIL, original resolution)
+    before the first cell; figures shown with ``plt.show()`` (or left open at the end of a cell)
+    and images passed to ``display(...)`` come back, at most ``max_images_per_turn`` per cell.
+
+    Args:
+        timeout: soft per-cell time limit in seconds (the cell is interrupted, variables are kept).
+        hard_timeout_grace: extra seconds before a cell that ignores the interrupt is killed (the
+            session then restarts with the images reloaded).
+        backend: ``"local"`` (default), ``"sandbox_fusion"`` (needs ``endpoint``), an ``http(s)://``
+            URL of a SandboxFusion-style service, or a :class:`SandboxBackend` instance.
+        isolation: ``"auto"`` (strongest available), ``"bwrap"``, ``"unshare"`` or ``"rlimits"``.
+        memory_limit_mb, max_file_size_mb, tmp_size_mb, max_processes: worker limits.
+        max_output_chars: per stream; the head and the tail are kept around a truncation note.
+        pool_size: warm workers kept ready by the process-wide pool.
+        preload: modules imported once in the fork server (shared by all workers).
+    """
+
+    name = "python"
+    description = (
+        "Run Python code in a stateful Jupyter-like session. The input images are preloaded as "
+        "image_1, image_2, ... (PIL images at original resolution). Variables persist across turns "
+        "of one episode. Show images with plt.show() or display(img); print() what you need to see."
+    )
+    parameters = {
+        "type": "object",
+        "properties": {"code": {"type": "string", "description": "Python code to execute"}},
+        "required": ["code"],
+    }
+    action_kind = "code"
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 60.0,
+        hard_timeout_grace: float = 2.0,
+        backend: str | SandboxBackend = "local",
+        endpoint: str | None = None,
+        isolation: str = "auto",
+        memory_limit_mb: int = 4096,
+        max_file_size_mb: int = 64,
+        tmp_size_mb: int = 64,
+        max_processes: int = 64,
+        max_output_chars: int = 10_000,
+        max_images_per_turn: int = 10,
+        max_image_pixels: int = 4096 * 4096,
+        show_open_figures: bool = True,
+        pool_size: int = 2,
+        preload: Sequence[str] = DEFAULT_PRELOAD,
+        extra_paths: Sequence[str] = (),
+        max_code_chars: int = 200_000,
+        remote_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.timeout = float(timeout)
+        self.hard_timeout_grace = float(hard_timeout_grace)
+        self.max_code_chars = int(max_code_chars)
+        self.config = SandboxConfig(
+            isolation=isolation,
+            memory_limit_mb=memory_limit_mb,
+            max_file_size_mb=max_file_size_mb,
+            tmp_size_mb=tmp_size_mb,
+            max_processes=max_processes,
+            max_output_chars=max_output_chars,
+            max_images=max_images_per_turn,
+            max_image_pixels=max_image_pixels,
+            show_open_figures=show_open_figures,
+            preload=tuple(preload),
+            extra_paths=tuple(extra_paths),
+            pool_size=pool_size,
+        )
+        if isinstance(backend, str) and backend.startswith(("http://", "https://")):
+            backend, endpoint = "sandbox_fusion", backend
+        if isinstance(backend, str) and backend not in ("local", "sandbox_fusion"):
+            raise ValueError(f"unknown sandbox backend {backend!r}: use 'local', 'sandbox_fusion' or a URL")
+        if backend == "sandbox_fusion" and not endpoint:
+            raise ValueError("the 'sandbox_fusion' backend needs an endpoint URL")
+        self._backend_spec = backend
+        self._endpoint = endpoint
+        self._remote_options = dict(remote_options or {})
+        self._backend: SandboxBackend | None = backend if isinstance(backend, SandboxBackend) else None
+        self._active = False
+        self._closed = False
+        self._lock = threading.RLock()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> SandboxBackend:
+        """The sandbox backend (the local pool is started on first use)."""
+        with self._lock:
+            if self._closed:
+                raise ToolError("the python tool is closed")
+            if self._backend is None:
+                if self._backend_spec == "local":
+                    self._backend = LocalSandbox(self.config, timeout=self.timeout, hard_timeout_grace=self.hard_timeout_grace)
+                else:
+                    assert self._endpoint is not None
+                    cfg = self.config
+                    self._backend = RemoteSandbox(
+                        self._endpoint, timeout=self.timeout, memory_limit_mb=cfg.memory_limit_mb,
+                        max_output_chars=cfg.max_output_chars, max_images=cfg.max_images,
+                        max_image_pixels=cfg.max_image_pixels, **self._remote_options,
+                    )
+            return self._backend
+
+    @property
+    def isolation_level(self) -> str:
+        return self.backend.isolation_level
+
+    def warm_up(self) -> None:
+        """Start the sandbox now (otherwise the first episode pays the fork-server start-up)."""
+        _ = self.backend
+
+    def start_episode(self, ctx: ToolContext) -> None:
+        """Take a fresh worker and bind ``ctx.images`` as ``image_1``, ``image_2``, ..."""
+        with self._lock:
+            try:
+                self.backend.start(list(ctx.images or ()))
+            except SandboxError as exc:
+                self._active = False
+                raise ToolError(f"the Python sandbox could not start: {exc}") from None
+            self._active = True
+
+    def end_episode(self) -> None:
+        with self._lock:
+            self._active = False
+            if self._backend is not None:
+                self._backend.end()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._active = False
+            if self._backend is not None:
+                self._backend.close()
+
+    # ---- calls -----------------------------------------------------------------------------
+
+    def parse(self, arguments: Any) -> str:
+        if isinstance(arguments, Mapping):  # the tool-call form {"code": "..."}
+            extra = [k for k in arguments if k != "code"]
+            if extra or "code" not in arguments:
+                raise ToolError("'python' takes exactly one argument: code")
+            arguments = arguments["code"]
+        if not isinstance(arguments, str):
+            raise ToolError(f"the code must be a string, got {type(arguments).__name__}")
+        if not arguments.strip():
+            raise ToolError("the code block is empty")
+        if len(arguments) > self.max_code_chars:
+            raise ToolError(f"the code is too long ({len(arguments)} characters, limit {self.max_code_chars})")
+        return arguments
+
+    def execute(self, args: Any, ctx: ToolContext) -> ToolResult:
+        code = self.parse(args)
+        with self._lock:
+            if not self._active:
+                self.start_episode(ctx)
+            res = self.backend.run(code, self.timeout)
+        return self.to_tool_result(res)
+
+    def to_tool_result(self, res: ExecResult) -> ToolResult:
+        stdout = res.stdout.replace(IMAGE_TOKEN, _NEUTRAL_IMAGE)
+        stderr = res.stderr.replace(IMAGE_TOKEN, _NEUTRAL_IMAGE)
+        text = format_code_observation(stdout, stderr, len(res.images))
+        error = None
+        if res.status == "timeout":
+            error = f"timeout after {self.timeout:g} s (session kept)"
+        elif res.status == "killed":
+            error = "hard timeout: the worker was killed and the session restarted"
+        elif res.status == "crashed":
+            error = "the sandbox worker died or failed: " + (res.stderr.strip().splitlines() or ["unknown"])[-1][:300]
+        meta = {
+            "status": res.status,
+            "restarted": res.restarted,
+            "exit_status": res.exit_status,
+            "seconds": res.seconds,
+            "stdout_truncated": res.stdout_truncated,
+            "stderr_truncated": res.stderr_truncated,
+            "images_dropped": res.images_dropped,
+            "isolation": self._backend.isolation_level if self._backend is not None else None,
+        }
+        return ToolResult(text=text, images=list(res.images), error=error, metadata=meta)
