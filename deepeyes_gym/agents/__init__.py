@@ -1,0 +1,115 @@
+"""Agents: policies that, given the conversation so far, return the next assistant turn.
+
+Agents are looked up by name (the CLI's ``--agent``) and imported lazily, so a heavy client
+(an HTTP session pool, an in-process engine) is only loaded when asked for::
+
+    from deepeyes_gym.agents import make_agent
+    agent = make_agent("openai", model="Qwen2.5-VL-7B-Instruct", base_url="http://localhost:8000/v1")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from .base import Agent, Message
+
+__all__ = [
+    "Agent",
+    "Message",
+    "AgentError",
+    "AgentUnavailable",
+    "register_agent",
+    "make_agent",
+    "available_agents",
+    "agent_description",
+]
+
+
+class AgentError(RuntimeError):
+    """An agent could not produce a turn for one episode (server down, bad response ...).
+
+    The benchmark runner records the episode as errored with this message and goes on.
+    """
+
+
+class AgentUnavailable(ImportError):
+    """A registered agent cannot be loaded on this install (module missing, extra not installed)."""
+
+
+# name -> (factory or lazy "module:attr", one-line description)
+_REGISTRY: dict[str, tuple[str | Callable[..., Agent], str]] = {
+    "scripted": (
+        "deepeyes_gym.agents.scripted:ScriptedAgent",
+        "per-family scripted solvers that use the tools and read their outputs (the first baseline)",
+    ),
+    "glance": (
+        "deepeyes_gym.agents.scripted:GlanceAgent",
+        "no tools: answers at once from a downscaled view of the image (what a VLM sees) plus guesses",
+    ),
+    "direct": (
+        "deepeyes_gym.agents.baselines:DirectAnswerAgent",
+        "answers at once without any tool (a plausible guess; measures tool necessity)",
+    ),
+    "random": (
+        "deepeyes_gym.agents.baselines:RandomAgent",
+        "random turns from the action space: code, tool calls, malformed text, answers",
+    ),
+    "openai": (
+        "deepeyes_gym.agents.openai:OpenAIAgent",
+        "any OpenAI-compatible chat endpoint (vllm serve, SGLang, hosted APIs); needs model=...",
+    ),
+}
+
+
+def register_agent(
+    name: str, factory: str | Callable[..., Agent], description: str = "", *, overwrite: bool = False
+) -> None:
+    """Register an agent factory: an Agent subclass, a callable, or a lazy ``"module:attr"``."""
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"agent {name!r} is already registered (pass overwrite=True)")
+    _REGISTRY[name] = (factory, description)
+
+
+def available_agents() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def agent_description(name: str) -> str:
+    return _REGISTRY[name][1] if name in _REGISTRY else ""
+
+
+def _resolve(name: str) -> Callable[..., Agent]:
+    try:
+        factory, _ = _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown agent {name!r}; registered: {', '.join(available_agents())}") from None
+    if not isinstance(factory, str):
+        return factory
+    module, attr = factory.split(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:  # the agent's own module is missing, not one of its imports
+            raise AgentUnavailable(
+                f"the {name!r} agent is not available in this install: module {module} does not "
+                f"exist yet (registered as {factory!r})"
+            ) from exc
+        raise AgentUnavailable(
+            f"the {name!r} agent needs the package {exc.name!r}, which is not installed"
+        ) from exc
+    try:
+        return getattr(mod, attr)
+    except AttributeError:
+        raise AgentUnavailable(
+            f"the {name!r} agent is not available: {module} has no {attr!r}"
+        ) from None
+
+
+def make_agent(name: str, **kwargs: Any) -> Agent:
+    """Build a registered agent by name; ``kwargs`` go to its constructor."""
+    factory = _resolve(name)
+    try:
+        return factory(**kwargs)
+    except TypeError as exc:
+        raise TypeError(f"cannot build agent {name!r} with {sorted(kwargs)}: {exc}") from exc

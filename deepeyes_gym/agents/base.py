@@ -21,6 +21,9 @@ class Agent(abc.ABC):
     """
 
     name: str = "agent"
+    # How the runner asks ``env.messages()`` to render images for this agent: "pil", "array" or
+    # "data_url" (servers want data URLs; in-process models want PIL images).
+    image_format: str = "pil"
 
     @abc.abstractmethod
     def act(self, messages: Sequence[Message], info: Mapping[str, Any] | None = None) -> str:
@@ -30,9 +33,21 @@ class Agent(abc.ABC):
         self,
         batch: Sequence[Sequence[Message]],
         infos: Sequence[Mapping[str, Any] | None] | None = None,
-    ) -> list[str]:
+        *,
+        return_exceptions: bool = False,
+    ) -> list[str | BaseException]:
+        """One turn for each conversation. With ``return_exceptions`` a failing episode gets its
+        exception in its slot (the runner records it against that episode) instead of raising."""
         infos = infos if infos is not None else [None] * len(batch)
-        return [self.act(m, i) for m, i in zip(batch, infos)]
+        out: list[str | BaseException] = []
+        for m, i in zip(batch, infos):
+            try:
+                out.append(self.act(m, i))
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                out.append(exc)
+        return out
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (HTTP sessions, engines)."""

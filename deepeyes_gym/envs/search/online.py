@@ -425,12 +425,7 @@ class SerpApiSearch(OnlineSearch):
         return err
 
     def _parse_text(self, body: Any) -> list[TextHit]:
-        out = []
-        for r in body.get("organic_results") or []:
-            if isinstance(r, Mapping) and r.get("link"):
-                out.append(TextHit(title=str(r.get("title") or ""), url=str(r["link"]),
-                                   snippet=str(r.get("snippet") or ""), date=_opt(r.get("date"))))
-        return out
+        return _text_hits(body.get("organic_results"))
 
     def _parse_image(self, body: Any) -> list[tuple[str, str, str | None]]:
         out = []
@@ -464,12 +459,7 @@ class SerperSearch(OnlineSearch):
         return super()._body_error(body)
 
     def _parse_text(self, body: Any) -> list[TextHit]:
-        out = []
-        for r in body.get("organic") or []:
-            if isinstance(r, Mapping) and r.get("link"):
-                out.append(TextHit(title=str(r.get("title") or ""), url=str(r["link"]),
-                                   snippet=str(r.get("snippet") or ""), date=_opt(r.get("date"))))
-        return out
+        return _text_hits(body.get("organic"))
 
     def _parse_image(self, body: Any) -> list[tuple[str, str, str | None]]:
         out = []
@@ -481,6 +471,16 @@ class SerperSearch(OnlineSearch):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _text_hits(rows: Any) -> list[TextHit]:
+    """Organic web results (SerpAPI and Serper share the title/link/snippet/date fields)."""
+    return [
+        TextHit(title=str(r.get("title") or ""), url=str(r["link"]),
+                snippet=str(r.get("snippet") or ""), date=_opt(r.get("date")))
+        for r in rows or []
+        if isinstance(r, Mapping) and r.get("link")
+    ]
 
 
 def _opt(value: Any) -> str | None:
