@@ -320,8 +320,7 @@ def _warn_if_weaker(level: str, skipped: list[str]) -> None:
            + ". Call deepeyes_gym.envs.sandbox.isolation_report() for what is and is not enforced.")
     if level == "rlimits":
         msg = "UNSAFE: " + msg + " Untrusted code can read host files and use the network."
-    log.warning(msg)
-    warnings.warn(msg, SandboxIsolationWarning, stacklevel=4)
+    warnings.warn(msg, SandboxIsolationWarning, stacklevel=4)  # once per level and process
 
 
 def acquire_pool(cfg: SandboxConfig) -> WorkerPool:
