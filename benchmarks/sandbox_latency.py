@@ -284,6 +284,31 @@ def measure_throughput(concurrency: int, episodes: int, turns: int) -> dict[str,
             "turns_per_s": n_turns / wall, "errors": errors[:3]}
 
 
+def _inprocess_turns(turns: int) -> float:
+    """Seconds for ``turns`` heavy image_1 turns executed in this process (no sandbox)."""
+    backend = InProcess()
+    backend.start(_image(2000))
+    t0 = time.perf_counter()
+    for _ in range(turns):
+        backend.run(TURNS[("heavy", "image_1")])
+    return time.perf_counter() - t0
+
+
+def measure_machine_ceiling(turns: int) -> dict[str, Any]:
+    """How far the machine itself scales the heavy turn: the unsafe in-process floor in 1 vs 2
+    forked processes. No sandbox can beat this; the sandbox's 8-way speed-up is judged against it."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        one = pool.map(_inprocess_turns, [turns])[0]
+    with ctx.Pool(2) as pool:
+        t0 = time.perf_counter()
+        pool.map(_inprocess_turns, [turns, turns])
+        two = time.perf_counter() - t0
+    return {"turns_per_s_1": turns / one, "turns_per_s_2": 2 * turns / two, "speedup": (2 * turns / two) / (turns / one)}
+
+
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
@@ -377,12 +402,21 @@ def main() -> None:
             "1": tp1, "8": tp8, "speedup": tp8["turns_per_s"] / tp1["turns_per_s"]}
         print(f"  {turns_per_episode} turns/episode: 1: {tp1['turns_per_s']:.2f} turns/s   "
               f"8: {tp8['turns_per_s']:.2f} turns/s", flush=True)
+    ceiling = measure_machine_ceiling(12 if args.quick else 40)
+    print(f"  machine ceiling (in-process floor, 1 vs 2 processes): {ceiling['speedup']:.2f}x", flush=True)
+    for t in throughput.values():
+        t["fraction_of_ceiling"] = t["speedup"] / ceiling["speedup"]
     print("16 parallel episodes:", flush=True)
     par = parallel_16()
     print(f"  {par}", flush=True)
 
     targets = {
-        "turn p50 <= 1.3x in-process floor": {k: v["sandbox"]["ratio_to_floor_p50"] <= 1.3 for k, v in turns.items()},
+        # The issue's two turns make their image in the cell (its quoted ~12 ms tiny floor includes
+        # that); the image_1 rows are extra micro-turns on the preloaded image, reported as measured.
+        "turn p50 <= 1.3x in-process floor (the issue's turns)": {
+            k: v["sandbox"]["ratio_to_floor_p50"] <= 1.3 for k, v in turns.items() if k.endswith("selfcontained")},
+        "turn p50 <= 1.3x in-process floor (extra image_1 micro-turns)": {
+            k: v["sandbox"]["ratio_to_floor_p50"] <= 1.3 for k, v in turns.items() if k.endswith("image_1")},
         "reset p50 <= 20 ms (warm pool)": {k: v["p50_ms"] <= 20 for k, v in reset.items()},
         "8 concurrent >= 1.6x single-episode throughput": {k: v["speedup"] >= 1.6 for k, v in throughput.items()},
         "16 parallel: no deadlock, no process left": (not par["deadlock"]) and par["processes_left_after_close"] == 0,
@@ -395,6 +429,7 @@ def main() -> None:
         "jupyter_kernel_start": kernel_start,
         "reset": reset,
         "throughput": throughput,
+        "machine_ceiling": ceiling,
         "parallel_16": par,
         "targets_met": targets,
         "issue_reference_not_measured": ISSUE_REFERENCE,
@@ -429,6 +464,12 @@ def render_md(r: dict[str, Any]) -> str:
         for k in ("1", "8"):
             sp = f"{t['speedup']:.2f}x" if k == "8" else ""
             lines.append(f"| {n} | {k} | {t[k]['turns']} | {t[k]['seconds']:.2f} | {t[k]['turns_per_s']:.2f} | {sp} |")
+    c = r["machine_ceiling"]
+    lines += ["", f"Machine ceiling, same run: the unsafe in-process floor runs the heavy turn at "
+              f"{c['turns_per_s_1']:.2f} turns/s in one process and {c['turns_per_s_2']:.2f} turns/s in two, "
+              f"a {c['speedup']:.2f}x speed-up. The sandbox's 8-way speed-up is "
+              + ", ".join(f"{t['fraction_of_ceiling']:.0%} of it ({k.split('_')[0]} turns/episode)"
+                          for k, t in r["throughput"].items()) + "."]
     lines += ["",
               "## 16 parallel episodes", "", f"`{json.dumps(r['parallel_16'])}`", "", "## Targets", ""]
     for k, v in r["targets_met"].items():

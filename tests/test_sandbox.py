@@ -482,3 +482,41 @@ def test_json_metadata_is_serialisable(tool, ctx):
     r = run(tool, "print(1)", ctx)
     json.dumps(r.metadata)
     assert r.metadata["isolation"] == level(tool)
+
+
+def test_running_cells_are_admitted_up_to_the_limit():
+    """Cells queue for a slot: never more than max_running_cells run at once across tools."""
+    import threading as th
+
+    from deepeyes_gym.envs.sandbox import ExecResult, SandboxBackend
+
+    state = {"now": 0, "peak": 0}
+    lock = th.Lock()
+
+    class Probe(SandboxBackend):
+        def start(self, images):
+            pass
+
+        def run(self, code, timeout=None):
+            with lock:
+                state["now"] += 1
+                state["peak"] = max(state["peak"], state["now"])
+            th.Event().wait(0.05)
+            with lock:
+                state["now"] -= 1
+            return ExecResult(stdout="ok")
+
+        def end(self):
+            pass
+
+    tools = [PythonTool(backend=Probe(), max_running_cells=2) for _ in range(6)]
+    ctx = ToolContext("t", [])
+    threads = [th.Thread(target=lambda t=t: [t.execute("x = 1", ctx) for _ in range(3)]) for t in tools]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert state["peak"] == 2
+    assert PythonTool(backend=Probe()).max_running_cells == 0  # not local: no limit by default
+    with pytest.raises(ValueError):
+        PythonTool(max_running_cells=-1)

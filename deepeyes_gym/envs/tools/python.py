@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
-from typing import Any, Mapping, Sequence
+from typing import Any, ContextManager, Mapping, Sequence
 
 from ..sandbox import ExecResult, LocalSandbox, RemoteSandbox, SandboxBackend, SandboxConfig, SandboxError
 from ..sandbox.config import DEFAULT_PRELOAD
@@ -12,6 +14,22 @@ from .base import Tool, ToolContext, ToolError, ToolResult
 __all__ = ["PythonTool", "format_code_observation"]
 
 IMAGE_TOKEN = "<image>"
+_SLOTS: dict[int, threading.BoundedSemaphore] = {}  # process-wide cell admission, by limit
+_SLOTS_LOCK = threading.Lock()
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _run_slots(limit: int) -> threading.BoundedSemaphore:
+    with _SLOTS_LOCK:
+        return _SLOTS.setdefault(limit, threading.BoundedSemaphore(limit))
+
+
 _NEUTRAL_IMAGE = "[image]"  # a "<image>" printed by the code must not pass for an image placeholder
 
 
@@ -41,6 +59,9 @@ class PythonTool(Tool):
         max_output_chars: per stream; the head and the tail are kept around a truncation note.
         pool_size: warm workers kept ready by the process-wide pool.
         preload: modules imported once in the fork server (shared by all workers).
+        max_running_cells: cells of this process that may run at once (the rest queue, their time
+            limits not yet started); default: the number of usable CPUs for the local backend,
+            no limit for remote ones; 0 = no limit.
     """
 
     name = "python"
@@ -77,6 +98,7 @@ class PythonTool(Tool):
         extra_paths: Sequence[str] = (),
         max_code_chars: int = 200_000,
         remote_options: Mapping[str, Any] | None = None,
+        max_running_cells: int | None = None,
     ) -> None:
         self.timeout = float(timeout)
         self.hard_timeout_grace = float(hard_timeout_grace)
@@ -105,6 +127,14 @@ class PythonTool(Tool):
         self._endpoint = endpoint
         self._remote_options = dict(remote_options or {})
         self._backend: SandboxBackend | None = backend if isinstance(backend, SandboxBackend) else None
+        # Cells are CPU-bound: running more of them at once than there are cores only time-slices
+        # them (cache thrash), so local cells queue for a core. Remote sandboxes are not bound by
+        # this machine's cores. 0 = no limit. Time limits start when the cell starts running.
+        if max_running_cells is None:
+            max_running_cells = _usable_cpus() if backend == "local" else 0
+        if max_running_cells < 0:
+            raise ValueError("max_running_cells must be >= 0")
+        self.max_running_cells = int(max_running_cells)
         self._active = False
         self._closed = False
         self._lock = threading.RLock()
@@ -184,8 +214,14 @@ class PythonTool(Tool):
         with self._lock:
             if not self._active:
                 self.start_episode(ctx)
-            res = self.backend.run(code, self.timeout)
+            with self._run_slot():
+                res = self.backend.run(code, self.timeout)
         return self.to_tool_result(res)
+
+    def _run_slot(self) -> ContextManager[Any]:
+        if not self.max_running_cells:
+            return contextlib.nullcontext()
+        return _run_slots(self.max_running_cells)
 
     def to_tool_result(self, res: ExecResult) -> ToolResult:
         stdout = res.stdout.replace(IMAGE_TOKEN, _NEUTRAL_IMAGE)
