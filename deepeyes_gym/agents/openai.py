@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 import requests
 
+from ..envs.http import HTTPRetryError, RetryPolicy, request_with_retries
 from . import AgentError
 from .base import Agent, Message
 
@@ -146,37 +145,38 @@ class OpenAIAgent(Agent):
         """One chat completion with retries. Raises AgentError when it cannot get one."""
         cfg = self.config
         body = self._payload(messages)
-        last = "no attempt made"
-        for attempt in range(cfg.max_retries + 1):
-            if attempt:
-                self._bump(retries=1)
-                delay = min(cfg.max_backoff_s, cfg.backoff_s * 2 ** (attempt - 1))
-                time.sleep(delay * (0.5 + random.random() / 2))  # jitter: de-synchronise threads
+
+        def send() -> requests.Response:
             self._bump(requests=1)
-            try:
-                resp = self._session().post(
-                    self._url, json=body, timeout=(cfg.connect_timeout_s, cfg.timeout_s)
-                )
-            except requests.ConnectionError as exc:
-                last = f"cannot connect to {self._url} ({type(exc).__name__}); is the server running?"
-                continue
-            except requests.Timeout:
-                last = f"no answer from {self._url} within {cfg.timeout_s:g} s"
-                continue
-            except requests.RequestException as exc:
-                last = f"request to {self._url} failed: {type(exc).__name__}: {exc}"
-                continue
-            if resp.status_code in _RETRY_STATUS:
-                last = f"{self._url} answered HTTP {resp.status_code}: {_short(resp.text)}"
-                continue
-            if resp.status_code != 200:  # 400/401/404...: retrying will not help
-                self._bump(failures=1)
-                raise AgentError(
-                    f"{self._url} answered HTTP {resp.status_code} for model {cfg.model!r}: {_short(resp.text)}"
-                )
-            return self._parse(resp)
-        self._bump(failures=1)
-        raise AgentError(f"gave up after {cfg.max_retries + 1} attempts: {last}")
+            return self._session().post(self._url, json=body, timeout=(cfg.connect_timeout_s, cfg.timeout_s))
+
+        # jitter de-synchronises threads; capped before the jitter, so capped waits still spread
+        policy = RetryPolicy(cfg.max_retries, cfg.backoff_s, cfg.max_backoff_s, cap_before_jitter=True)
+        try:
+            resp = request_with_retries(send, policy=policy, retry_on=_RETRY_STATUS,
+                                        retry_exceptions=(requests.RequestException,),
+                                        on_retry=lambda _: self._bump(retries=1))
+        except HTTPRetryError as err:
+            self._bump(failures=1)
+            raise AgentError(f"gave up after {err.attempts} attempts: {self._why(err)}") from None
+        if resp.status_code != 200:  # 400/401/404...: retrying will not help
+            self._bump(failures=1)
+            raise AgentError(
+                f"{self._url} answered HTTP {resp.status_code} for model {cfg.model!r}: {_short(resp.text)}"
+            )
+        return self._parse(resp)
+
+    def _why(self, err: HTTPRetryError) -> str:
+        exc = err.exception
+        if err.response is not None:
+            return f"{self._url} answered HTTP {err.status}: {_short(err.response.text)}"
+        if isinstance(exc, requests.ConnectionError):
+            return f"cannot connect to {self._url} ({type(exc).__name__}); is the server running?"
+        if isinstance(exc, requests.Timeout):
+            return f"no answer from {self._url} within {self.config.timeout_s:g} s"
+        if exc is not None:
+            return f"request to {self._url} failed: {type(exc).__name__}: {exc}"
+        return err.reason
 
     def _parse(self, resp: requests.Response) -> str:
         try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import re
 import sqlite3
 import threading
@@ -29,6 +28,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
+
+from ..http import HTTPRetryError, RetryableResponse, RetryPolicy, request_with_retries
 
 __all__ = [
     "JudgeConfig",
@@ -271,35 +272,32 @@ class LLMJudge:
         url = cfg.base_url + path
         if time.monotonic() < self._down_until:
             raise JudgeUnavailableError(self._down_reason)
-        last = ""
-        for attempt in range(cfg.max_retries + 1):
-            if attempt:
-                time.sleep(cfg.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random()))
-            try:
-                with self._sem:
-                    with self._count_lock:
-                        self.requests_sent += 1
-                    resp = self._session().request(method, url, json=body, timeout=cfg.timeout_s)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            except requests.RequestException as exc:
-                raise JudgeError(f"request to the judge at {url} failed: {exc}") from exc
-            if resp.status_code == 429 or resp.status_code >= 500:
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                continue
-            if resp.status_code >= 400:
+
+        def send() -> requests.Response:
+            with self._sem:
+                with self._count_lock:
+                    self.requests_sent += 1
+                return self._session().request(method, url, json=body, timeout=cfg.timeout_s)
+
+        def read(resp: requests.Response) -> dict:
+            if resp.status_code >= 400:  # 429 and 5xx were retried
                 raise JudgeError(f"the judge at {url} answered HTTP {resp.status_code}: {resp.text[:500]}")
             try:
                 return resp.json()
             except ValueError:
-                last = f"non-JSON reply: {resp.text[:200]!r}"
-                continue
-        reason = (
-            f"the LLM judge at {cfg.base_url} is unavailable after {cfg.max_retries + 1} attempts "
-            f"({last}). Start an OpenAI-compatible server there (e.g. vLLM), fix the base_url, or "
-            f"use a reward without a judge (judge=None)."
-        )
+                raise RetryableResponse(f"non-JSON reply: {resp.text[:200]!r}") from None
+
+        policy = RetryPolicy(cfg.max_retries, cfg.backoff_s, jitter=(0.5, 1.5))
+        try:
+            return request_with_retries(send, policy=policy, handle=read, retry_on=lambda s: s == 429 or s >= 500)
+        except requests.RequestException as exc:  # neither a dropped connection nor a time-out
+            raise JudgeError(f"request to the judge at {url} failed: {exc}") from exc
+        except HTTPRetryError as err:
+            reason = (
+                f"the LLM judge at {cfg.base_url} is unavailable after {err.attempts} attempts "
+                f"({err.reason}). Start an OpenAI-compatible server there (e.g. vLLM), fix the base_url, or "
+                f"use a reward without a judge (judge=None)."
+            )
         self._down_until = time.monotonic() + cfg.cooldown_s
         self._down_reason = reason
         raise JudgeUnavailableError(reason)

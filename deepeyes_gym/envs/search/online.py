@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import random
 import sqlite3
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import Any, Callable, Mapping
 import requests
 from PIL import Image
 
+from ..http import RETRY_STATUS, HTTPRetryError, RetryableResponse, RetryPolicy, request_with_retries
 from .base import (
     DEFAULT_TOP_K,
     ImageHit,
@@ -49,7 +49,6 @@ __all__ = ["RateLimiter", "SearchCache", "OnlineSearch", "SerpApiSearch", "Serpe
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_THUMBNAIL_BYTES = 8 << 20
 _QUOTA_PHRASES = ("run out of searches", "out of searches", "not enough credits", "quota", "credits")
 
@@ -308,45 +307,45 @@ class OnlineSearch(TextSearchBackend, ImageSearchBackend):
     def _call(self, method: str, url: str, kwargs: dict[str, Any]) -> Any:
         """One API call with retries; returns the parsed JSON or raises SearchError."""
         kwargs = self._with_key(kwargs)
-        last: SearchError | None = None
-        for attempt in range(self.max_retries + 1):
-            retry_after: float | None = None
-            try:
-                resp = self._send(method, url, kwargs)
-            except requests.Timeout:
-                last = SearchError("timeout", f"{self.provider} did not answer within {self.timeout_s:g} s")
-            except requests.ConnectionError as exc:
-                last = SearchError("network", f"cannot reach {self.provider} ({type(exc).__name__})")
-            except requests.RequestException as exc:
-                raise SearchError("network", f"{self.provider} request failed ({type(exc).__name__})") from exc
+        try:
+            return request_with_retries(lambda: self._send(method, url, kwargs), policy=self._policy(),
+                                        retry_on=(), handle=self._read, sleep=self._sleep)
+        except requests.RequestException as exc:  # neither a time-out nor a dropped connection
+            raise SearchError("network", f"{self.provider} request failed ({type(exc).__name__})") from exc
+        except HTTPRetryError as err:
+            attempts = err.attempts
+            if err.response is not None:
+                kind = "rate_limited" if err.status == 429 else "server"
+                message = f"{self.provider} answered HTTP {err.status}: {err.reason}"
+            elif isinstance(err.exception, requests.Timeout):
+                kind, message = "timeout", f"{self.provider} did not answer within {self.timeout_s:g} s"
             else:
-                status = resp.status_code
-                body = _json_or_none(resp)
-                message = _message(body, resp)
-                if status in (401, 403):
-                    raise SearchError("auth", f"{self.provider} rejected the API key (HTTP {status}): {message}")
-                if _is_quota(status, message):
-                    raise SearchError("quota", f"{self.provider} quota exhausted (HTTP {status}): {message}")
-                if status in RETRY_STATUS:
-                    kind = "rate_limited" if status == 429 else "server"
-                    last = SearchError(kind, f"{self.provider} answered HTTP {status}: {message}")
-                    retry_after = _retry_after(resp)
-                elif status >= 400:
-                    raise SearchError("api", f"{self.provider} refused the request (HTTP {status}): {message}")
-                elif not isinstance(body, Mapping):
-                    raise SearchError("bad_response", f"{self.provider} answered with something other than a JSON object")
-                else:
-                    err = self._body_error(body)
-                    if err is not None:
-                        raise SearchError("api", f"{self.provider} error: {err}")
-                    return body
-            if attempt < self.max_retries:
-                delay = self.backoff_s * (2 ** attempt) * (0.5 + random.random() / 2)
-                if retry_after is not None:
-                    delay = max(delay, retry_after)
-                self._sleep(min(delay, self.max_backoff_s))
-        assert last is not None
-        raise SearchError(last.kind, f"{last.message} (after {self.max_retries + 1} attempts)")
+                kind, message = "network", f"cannot reach {self.provider} ({type(err.exception).__name__})"
+        raise SearchError(kind, f"{message} (after {attempts} attempts)")
+
+    def _policy(self, **changes: Any) -> RetryPolicy:
+        options = {"honour_retry_after": True, **changes}
+        return RetryPolicy(self.max_retries, self.backoff_s, self.max_backoff_s, **options)
+
+    def _read(self, resp: requests.Response) -> Any:
+        """The JSON object of one answer; raises SearchError, or RetryableResponse on 429/5xx."""
+        status = resp.status_code
+        body = _json_or_none(resp)
+        message = _message(body, resp)
+        if status in (401, 403):
+            raise SearchError("auth", f"{self.provider} rejected the API key (HTTP {status}): {message}")
+        if _is_quota(status, message):  # before the retry: an exhausted quota is no transient 429
+            raise SearchError("quota", f"{self.provider} quota exhausted (HTTP {status}): {message}")
+        if status in RETRY_STATUS:
+            raise RetryableResponse(message)
+        if status >= 400:
+            raise SearchError("api", f"{self.provider} refused the request (HTTP {status}): {message}")
+        if not isinstance(body, Mapping):
+            raise SearchError("bad_response", f"{self.provider} answered with something other than a JSON object")
+        err = self._body_error(body)
+        if err is not None:
+            raise SearchError("api", f"{self.provider} error: {err}")
+        return body
 
     def _thumbnail(self, url: str) -> Image.Image | None:
         """The result's thumbnail (cached); None when it cannot be had — the hit is then skipped."""
@@ -370,28 +369,29 @@ class OnlineSearch(TextSearchBackend, ImageSearchBackend):
                 return base64.b64decode(url.split(",", 1)[1])
             except (IndexError, binascii.Error) as exc:
                 raise ValueError("malformed data URL") from exc
-        for attempt in range(self.max_retries + 1):
+
+        def send() -> requests.Response:
             with self._count_lock:
                 self.http_calls += 1
-            try:
-                resp = self._session.get(url, timeout=self.timeout_s, stream=True)
-            except (requests.Timeout, requests.ConnectionError):
-                if attempt == self.max_retries:
-                    raise
-                self._sleep(min(self.backoff_s * 2 ** attempt, self.max_backoff_s))
-                continue
-            with resp:
-                if resp.status_code in RETRY_STATUS and attempt < self.max_retries:
-                    self._sleep(min(self.backoff_s * 2 ** attempt, self.max_backoff_s))
-                    continue
-                resp.raise_for_status()
-                buf = io.BytesIO()
-                for chunk in resp.iter_content(1 << 16):
-                    buf.write(chunk)
-                    if buf.tell() > MAX_THUMBNAIL_BYTES:
-                        raise ValueError("thumbnail larger than 8 MiB")
-                return buf.getvalue()
-        raise ValueError("thumbnail download failed")
+            return self._session.get(url, timeout=self.timeout_s, stream=True)
+
+        try:
+            resp = request_with_retries(send, policy=self._policy(jitter=None, honour_retry_after=False),
+                                        sleep=self._sleep)
+        except HTTPRetryError as err:
+            if err.response is not None:
+                err.response.raise_for_status()  # a 429/5xx the last time
+            elif err.exception is not None:
+                raise err.exception from None  # the last time-out or dropped connection
+            raise ValueError("thumbnail download failed") from None
+        with resp:
+            resp.raise_for_status()
+            buf = io.BytesIO()
+            for chunk in resp.iter_content(1 << 16):
+                buf.write(chunk)
+                if buf.tell() > MAX_THUMBNAIL_BYTES:
+                    raise ValueError("thumbnail larger than 8 MiB")
+            return buf.getvalue()
 
     def close(self) -> None:
         if self._own_session:
@@ -511,10 +511,3 @@ def _is_quota(status: int, message: str) -> bool:
     low = message.lower()
     return status in (400, 402, 429) and any(p in low for p in _QUOTA_PHRASES)
 
-
-def _retry_after(resp: requests.Response) -> float | None:
-    value = resp.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: fall back to the computed back-off
