@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,29 +12,25 @@ from deepeyes_gym.agents.openai import OpenAIAgent, restore_stop_string
 from deepeyes_gym.benchmarks.runner import RunConfig, run_eval
 from deepeyes_gym.envs import V1_TOOLS, DeepEyesEnv
 from deepeyes_gym.envs.suites.builtin import toy_tasks
+from httpserver import LocalServer, QuietHandler, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class FakeServer:
+class FakeServer(LocalServer):
     """Replies from ``script`` (a list of (status, body-or-text)) and then with ``default``."""
 
     def __init__(self, default=None, delay=0.0):
         self.script: list = []
         self.default = default or (200, {"text": "<think>ok</think><answer>3</answer>", "finish": "stop"})
         self.delay = delay
-        self.requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
-        self.lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):  # keep test output clean
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self.json_body()
                 with server.lock:
                     server.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
                     server.in_flight += 1
@@ -54,33 +47,19 @@ class FakeServer:
                         payload = json.dumps({"choices": [choice], "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
                     else:
                         payload = str(spec)
-                    data = payload.encode()
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                    self.reply(status, payload)
                 finally:
                     with server.lock:
                         server.in_flight -= 1
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                       daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
+        self.url = self.base + "/v1"
 
 
 @pytest.fixture
 def server():
-    s = FakeServer()
-    yield s
-    s.close()
+    with FakeServer() as s:
+        yield s
 
 
 def fast_agent(url, **kw):
@@ -166,14 +145,8 @@ def test_malformed_response_is_an_agent_error(server):
         fast_agent(server.url).act([{"role": "user", "content": "q"}])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_server_down_is_a_clear_error():
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     agent = fast_agent(url, max_retries=1)
     with pytest.raises(AgentError, match=r"cannot connect to http://127.0.0.1:\d+/v1/chat/completions.*running"):
         agent.act([{"role": "user", "content": "q"}])
@@ -204,7 +177,7 @@ def test_act_batch_returns_per_episode_errors(server):
 
 
 def test_runner_records_server_down_as_errored_episodes(tmp_path):
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     agent = fast_agent(url, max_retries=0)
     res = run_eval(RunConfig(env_id="DeepEyes-V1-Toy-v0", agent="openai", out_dir=tmp_path, limit=4, progress=False,
                              max_consecutive_errors=0), agent=agent)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -21,43 +18,31 @@ from deepeyes_gym.envs.rewards import (
     parse_verdict,
     resolve_reward,
 )
+from httpserver import LocalServer, QuietHandler, free_port
 
 
-class FakeJudge:
+class FakeJudge(LocalServer):
     """A minimal chat-completions server; ``policy(messages) -> reply text``."""
 
     def __init__(self):
-        self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.fail_next = 0  # answer HTTP 500 this many times first
         self.status = 200
         self.delay_s = 0.0
         self.inflight = 0
         self.max_inflight = 0
-        self.lock = threading.Lock()
         self.policy = self.default_policy
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-            def _send(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 if self.path.endswith("/models"):
-                    self._send(200, {"object": "list", "data": [{"id": "fake-judge"}]})
+                    self.reply(200, {"object": "list", "data": [{"id": "fake-judge"}]})
                 else:
-                    self._send(404, {"error": "not found"})
+                    self.reply(404, {"error": "not found"})
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self.json_body()
                 with fake.lock:
                     fake.requests.append(body)
                     fake.headers.append(dict(self.headers))
@@ -69,21 +54,18 @@ class FakeJudge:
                     if fake.delay_s:
                         time.sleep(fake.delay_s)
                     if fail:
-                        self._send(500, {"error": "overloaded"})
+                        self.reply(500, {"error": "overloaded"})
                     elif fake.status != 200:
-                        self._send(fake.status, {"error": {"message": "model 'nope' does not exist"}})
+                        self.reply(fake.status, {"error": {"message": "model 'nope' does not exist"}})
                     else:
                         reply = fake.policy(body["messages"])
-                        self._send(200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
+                        self.reply(200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
                 finally:
                     with fake.lock:
                         fake.inflight -= 1
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
+        super().__init__(Handler)
+        self.url = self.base + "/v1"
 
     @staticmethod
     def default_policy(messages):
@@ -97,28 +79,17 @@ class FakeJudge:
         pred = text.split("[Model answer]:")[1].strip().lower()
         return "The answers agree.\n\\boxed{Yes}" if ref in pred else "They differ.\n\\boxed{No}"
 
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture
 def fake():
-    f = FakeJudge()
-    yield f
-    f.close()
+    with FakeJudge() as f:
+        yield f
 
 
 def make_judge(url, tmp_path, **kw):
     kw.setdefault("backoff_s", 0.01)
     kw.setdefault("timeout_s", 5.0)
     return LLMJudge(JudgeConfig(base_url=url, cache_path=str(tmp_path / "cache.sqlite"), **kw))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_verdicts_and_model_discovery(fake, tmp_path):

@@ -12,10 +12,8 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import base64
 import os
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from PIL import Image
 from deepeyes_gym.envs.sandbox import RemoteSandbox
 from deepeyes_gym.envs.tools.base import ToolContext
 from deepeyes_gym.envs.tools.python import PythonTool
+from httpserver import LocalServer, QuietHandler, free_port
 
 RUNTIME = Path(__file__).resolve().parents[1] / "deepeyes_gym" / "envs" / "sandbox" / "runtime.py"
 
@@ -51,31 +50,22 @@ print(json.dumps(out))
 """
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     requests: list[dict] = []
 
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def _reply(self, code: int, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
     def do_POST(self):  # noqa: N802
-        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        req = self.json_body()
         type(self).requests.append(req)
         if self.path != "/run_jupyter":
-            return self._reply(404, b"not found")
+            return self.reply(404, b"not found")
         joined = "\n".join(req["cells"])
         if "#HTTP500" in joined:
-            return self._reply(500, b"internal error")
+            return self.reply(500, b"internal error")
         if "#GARBAGE" in joined:
-            return self._reply(200, b"<html>not json")
+            return self.reply(200, b"<html>not json")
         if "#TIMEOUT" in joined:
             body = {"status": "Failed", "message": "", "driver": {"status": "TimeLimitExceeded"}, "cells": []}
-            return self._reply(200, json.dumps(body).encode())
+            return self.reply(200, json.dumps(body).encode())
         with tempfile.TemporaryDirectory() as d:
             for name, b64 in req.get("files", {}).items():
                 Path(d, name).write_bytes(base64.b64decode(b64))
@@ -86,17 +76,13 @@ class _Handler(BaseHTTPRequestHandler):
             body = {"status": "SandboxError", "message": p.stderr.decode()[-500:], "cells": []}
         else:
             body = {"status": "Success", "message": "", "driver": {"status": "Finished"}, "cells": json.loads(p.stdout)}
-        self._reply(200, json.dumps(body).encode())
+        self.reply(200, json.dumps(body).encode())
 
 
 @pytest.fixture(scope="module")
 def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with LocalServer(_Handler) as srv:
+        yield srv.base
 
 
 def _ctx() -> ToolContext:
@@ -143,13 +129,7 @@ def test_remote_failures_become_observations(server):
 
 @pytest.mark.timeout(30)
 def test_remote_unreachable_endpoint():
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
-    sb = RemoteSandbox(f"http://127.0.0.1:{port}", timeout=2, request_timeout=5)
+    sb = RemoteSandbox(f"http://127.0.0.1:{free_port()}", timeout=2, request_timeout=5)  # nothing listens there
     sb.start([])
     r = sb.run("print(1)")
     assert r.status == "crashed" and "unavailable" in r.stderr

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import io
-import json
-import threading
 import time
 from collections import defaultdict, deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -18,6 +15,7 @@ from deepeyes_gym.envs.search.online import RateLimiter, SearchCache, SerpApiSea
 from deepeyes_gym.envs.task import Task
 from deepeyes_gym.envs.tools import ToolContext
 from deepeyes_gym.envs.tools.search import ImageSearchTool, TextSearchTool
+from httpserver import LocalServer, QuietHandler
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,48 +77,37 @@ def thumbnail_png(i: int) -> bytes:
     return buf.getvalue()
 
 
-class FakeAPI:
+class FakeAPI(LocalServer):
     """Counts every request; scripted responses per query, else recorded-format answers."""
 
     def __init__(self) -> None:
-        self.requests: list[dict] = []
         self.script: dict[str, deque] = defaultdict(deque)
-        self.lock = threading.Lock()
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 url = urlparse(self.path)
                 params = {k: v[0] for k, v in parse_qs(url.query).items()}
                 api.handle(self, "GET", url.path, params)
 
             def do_POST(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                api.handle(self, "POST", urlparse(self.path).path, body)
+                api.handle(self, "POST", urlparse(self.path).path, self.json_body())
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self.thread.start()
+        super().__init__(Handler)
 
     @property
     def count(self) -> int:
         with self.lock:
             return len(self.requests)
 
-    def handle(self, h: BaseHTTPRequestHandler, method: str, path: str, data: dict) -> None:
+    def handle(self, h: QuietHandler, method: str, path: str, data: dict) -> None:
         key = h.headers.get("X-API-KEY") or data.get("api_key")
         with self.lock:
             self.requests.append({"method": method, "path": path, "data": data, "key": key})
         if path.startswith("/thumb/"):
-            return self.send(h, 200, thumbnail_png(int(path.rsplit("/", 1)[1].split(".")[0])), "image/png")
+            return h.reply(200, thumbnail_png(int(path.rsplit("/", 1)[1].split(".")[0])), "image/png")
         if key != KEY:
-            return self.send(h, 401, {"error": "Invalid API key. Your API key should be here: https://serpapi.com/manage-api-key"})
+            return h.reply(401, {"error": "Invalid API key. Your API key should be here: https://serpapi.com/manage-api-key"})
         q = data.get("q") or data.get("url") or ""
         with self.lock:
             scripted = self.script[q].popleft() if self.script[q] else None
@@ -128,41 +115,22 @@ class FakeAPI:
             status, body, headers, delay = scripted
             if delay:
                 time.sleep(delay)
-            return self.send(h, status, body, headers=headers)
+            return h.reply(status, body, headers=headers)
         if path == "/search.json" and data.get("engine") == "google":
-            return self.send(h, 200, serpapi_google(q))
+            return h.reply(200, serpapi_google(q))
         if path == "/search.json" and data.get("engine") == "google_lens":
-            return self.send(h, 200, serpapi_lens(self.base))
+            return h.reply(200, serpapi_lens(self.base))
         if path == "/search":
-            return self.send(h, 200, serper_search(q))
+            return h.reply(200, serper_search(q))
         if path == "/lens":
-            return self.send(h, 200, serper_lens(self.base))
-        return self.send(h, 404, {"error": "no such endpoint"})
-
-    @staticmethod
-    def send(h, status, body, content_type="application/json", headers=None):
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        try:
-            h.send_response(status)
-            h.send_header("Content-Type", content_type)
-            h.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                h.send_header(k, v)
-            h.end_headers()
-            h.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (time-out tests)
-            pass
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+            return h.reply(200, serper_lens(self.base))
+        return h.reply(404, {"error": "no such endpoint"})
 
 
 @pytest.fixture
 def api():
-    server = FakeAPI()
-    yield server
-    server.close()
+    with FakeAPI() as server:
+        yield server
 
 
 def make(cls, api, tmp_path, **kw):
