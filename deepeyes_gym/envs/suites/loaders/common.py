@@ -14,7 +14,7 @@ import re
 import warnings
 from dataclasses import dataclass, fields as dc_fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -132,12 +132,25 @@ class RowError(Exception):
 
 
 class RowSink:
-    """Collects skipped rows; raises at once when strict."""
+    """Collects converted rows up to ``limit`` and the skipped ones; raises at once when strict."""
 
-    def __init__(self, path: str | os.PathLike, strict: bool) -> None:
+    def __init__(self, path: str | os.PathLike, strict: bool, limit: int | None = None) -> None:
         self.path = str(path)
         self.strict = strict
+        self.limit = limit
         self.skipped: list[SkippedRow] = []
+
+    def add(self, out: list[Any], row: int, make: Callable[[], Any], *, file: str | None = None) -> bool:
+        """Append ``make()`` to ``out``, or record the row as skipped when it raises RowError.
+        Returns True once ``out`` is full (the loader stops reading)."""
+        try:
+            out.append(make())
+        except RowError as exc:
+            self.skip(row, str(exc), exc, file=file)
+        return self.full(out)
+
+    def full(self, out: list[Any]) -> bool:
+        return self.limit is not None and len(out) >= self.limit
 
     def skip(self, row: int, reason: str, exc: BaseException | None = None, *, file: str | None = None) -> None:
         where = file or self.path

@@ -270,7 +270,7 @@ def load_deepeyesv2_rl(path: str | os.PathLike, *, preset: BenchmarkPreset | Non
     source = opts.source or (preset.name if preset is not None and preset.format != "deepeyesv2_rl" else None)
     p = Path(path)
     files = _data_files(p, (".parquet",), "parquet")
-    sink = RowSink(p, opts.strict)
+    sink = RowSink(p, opts.strict, opts.limit)
     tasks: list[Task] = []
     for f in files:
         names, rows = iter_parquet_records(f, "the DeepEyesV2 RL parquet")
@@ -280,14 +280,11 @@ def load_deepeyesv2_rl(path: str | os.PathLike, *, preset: BenchmarkPreset | Non
                                       hint="DeepEyesV2 RL parquet: prompt, images, data_source, reward_model, extra_info")
         base_dirs = opts.base_dirs(f)
         for row, rec in enumerate(rows):
-            try:
-                tasks.append(rl_record_to_task(rec, row, opts=opts, base_dirs=base_dirs, file_stem=f.stem,
-                                               default_caps=default_caps, source=source))
-            except RowError as exc:
-                sink.skip(row, str(exc), exc, file=str(f))
-            if opts.limit is not None and len(tasks) >= opts.limit:
+            if sink.add(tasks, row, lambda: rl_record_to_task(rec, row, opts=opts, base_dirs=base_dirs,
+                                                             file_stem=f.stem, default_caps=default_caps,
+                                                             source=source), file=str(f)):
                 break
-        if opts.limit is not None and len(tasks) >= opts.limit:
+        if sink.full(tasks):
             break
     dedupe_ids(tasks)
     return sink.finish(tasks, "deepeyesv2_rl")
@@ -469,7 +466,7 @@ def load_sft_trajectories(path: str | os.PathLike, *, preset: BenchmarkPreset | 
     p = Path(path)
     files = _data_files(p, (".json", ".jsonl"), "JSON")
     source = opts.source or (preset.name if preset is not None and preset.format != "deepeyesv2_sft" else "deepeyesv2-sft")
-    sink = RowSink(p, opts.strict)
+    sink = RowSink(p, opts.strict, opts.limit)
     out: list[SFTTrajectory] = []
     for f in files:
         base_dirs = opts.base_dirs(f) + [f.parent.parent]
@@ -486,13 +483,10 @@ def load_sft_trajectories(path: str | os.PathLike, *, preset: BenchmarkPreset | 
                     raise MissingColumnsError(str(f), ["messages"], list(item),
                                               hint="cold-start JSON items are {'messages': [...], 'images': [...]}")
                 checked = True
-            try:
-                out.append(_sft_item(item, row, opts=opts, base_dirs=base_dirs, file_stem=f.stem, source=source))
-            except RowError as exc:
-                sink.skip(row, str(exc), exc, file=str(f))
-            if opts.limit is not None and len(out) >= opts.limit:
+            if sink.add(out, row, lambda: _sft_item(item, row, opts=opts, base_dirs=base_dirs,
+                                                    file_stem=f.stem, source=source), file=str(f)):
                 break
-        if opts.limit is not None and len(out) >= opts.limit:
+        if sink.full(out):
             break
     dedupe_ids([t.task for t in out])
     return sink.finish(out, "deepeyesv2_sft")

@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 import os
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ...task import Task
-from .common import LoadOptions, LoadResult, RowError, RowSink, capabilities_for, dedupe_ids, require_pyarrow
+from .common import LoadOptions, LoadResult, RowSink, capabilities_for, dedupe_ids, require_pyarrow
 from .deepeyesv2 import is_rl_schema, iter_parquet_records, rl_record_to_task
 from .errors import DataLoadError
 from .presets import BenchmarkPreset
@@ -201,7 +202,7 @@ def load_hf(path: str | os.PathLike, *, preset: BenchmarkPreset | None = None, *
         opts.math = True
     default_caps = frozenset(opts.capabilities) if opts.capabilities is not None else (
         preset.capabilities if preset is not None and preset.capabilities else capabilities_for(source))
-    sink = RowSink(p, opts.strict)
+    sink = RowSink(p, opts.strict, opts.limit)
     tasks: list[Task] = []
 
     streams: list[tuple[Path, list[str], list[str], Iterator[dict[str, Any]]]] = []
@@ -227,19 +228,15 @@ def load_hf(path: str | os.PathLike, *, preset: BenchmarkPreset | None = None, *
             check_record_columns(str(f), names, opts)
         base_dirs = opts.base_dirs(f if f.is_file() else f / "x")
         for row, rec in enumerate(rows):
-            try:
-                if rl:
-                    task = rl_record_to_task(rec, row, opts=opts, base_dirs=base_dirs, file_stem=f.stem,
-                                             default_caps=default_caps, source=opts.source or (preset.name if preset else None))
-                else:
-                    task = record_to_task(rec, row, opts=opts, base_dirs=base_dirs, source=source,
-                                          image_columns=image_cols, default_caps=default_caps)
-                tasks.append(task)
-            except RowError as exc:
-                sink.skip(row, str(exc), exc, file=str(f))
-            if opts.limit is not None and len(tasks) >= opts.limit:
+            if rl:
+                make = partial(rl_record_to_task, rec, row, opts=opts, base_dirs=base_dirs, file_stem=f.stem,
+                               default_caps=default_caps, source=opts.source or (preset.name if preset else None))
+            else:
+                make = partial(record_to_task, rec, row, opts=opts, base_dirs=base_dirs, source=source,
+                               image_columns=image_cols, default_caps=default_caps)
+            if sink.add(tasks, row, make, file=str(f)):
                 break
-        if opts.limit is not None and len(tasks) >= opts.limit:
+        if sink.full(tasks):
             break
     dedupe_ids(tasks)
     return sink.finish(tasks, "hf")

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from .common import LoadOptions, LoadResult, RowError, RowSink, dedupe_ids
+from .common import LoadOptions, LoadResult, RowSink, dedupe_ids
 from .errors import DataLoadError
 from .presets import BenchmarkPreset
 from .records import check_record_columns, record_to_task
@@ -64,7 +64,7 @@ def load_jsonl(path: str | os.PathLike, *, preset: BenchmarkPreset | None = None
     if preset is not None and preset.math:
         opts.math = True
     default_caps = preset.capabilities if preset is not None else frozenset()
-    sink = RowSink(p, opts.strict)
+    sink = RowSink(p, opts.strict, opts.limit)
     base_dirs = opts.base_dirs(p)
     tasks = []
     checked = False
@@ -78,12 +78,8 @@ def load_jsonl(path: str | os.PathLike, *, preset: BenchmarkPreset | None = None
         if not checked:
             check_record_columns(str(p), list(rec), opts)
             checked = True
-        try:
-            tasks.append(record_to_task(rec, row, opts=opts, base_dirs=base_dirs, source=source,
-                                        default_caps=default_caps))
-        except RowError as exc:
-            sink.skip(row, str(exc), exc)
-        if opts.limit is not None and len(tasks) >= opts.limit:
+        if sink.add(tasks, row, lambda: record_to_task(rec, row, opts=opts, base_dirs=base_dirs, source=source,
+                                                        default_caps=default_caps)):
             break
     if not checked and not sink.skipped:
         raise DataLoadError(f"{p}: no records found (empty file)")

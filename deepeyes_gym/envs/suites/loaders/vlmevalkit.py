@@ -103,7 +103,7 @@ def load_vlmevalkit_tsv(path: str | os.PathLike, *, preset: BenchmarkPreset | No
         default_caps = capabilities_for(p.stem)
     letters = [c for c in string.ascii_uppercase if c in header]
     base_dirs = opts.base_dirs(p)
-    sink = RowSink(p, opts.strict)
+    sink = RowSink(p, opts.strict, opts.limit)
 
     # Image cells may point at another row's index (VLMEvalKit's space saving).
     image_by_index: dict[str, str] = {}
@@ -118,12 +118,8 @@ def load_vlmevalkit_tsv(path: str | os.PathLike, *, preset: BenchmarkPreset | No
         if None in r:  # DictReader puts surplus cells under the key None
             sink.skip(i, f"{len(r[None])} more cell(s) than the {len(header)} header columns")
             continue
-        try:
-            tasks.append(_row_to_task(r, i, header, letters, image_by_index, base_dirs, opts, source,
-                                      math_kind, default_caps))
-        except RowError as exc:
-            sink.skip(i, str(exc), exc)
-        if opts.limit is not None and len(tasks) >= opts.limit:
+        if sink.add(tasks, i, lambda: _row_to_task(r, i, header, letters, image_by_index, base_dirs, opts,
+                                                    source, math_kind, default_caps)):
             break
     dedupe_ids(tasks)
     return sink.finish(tasks, "vlmevalkit")
