@@ -91,7 +91,7 @@ def run_agent(env: DeepEyesEnv, agent: Agent, indices: Sequence[int], max_turns:
         rec = EpisodeRecord(
             task_id=task.id, family=str(task.metadata.get("family")), domain=task.domain,
             capabilities=sorted(task.capabilities), accuracy=float(step_info.get("accuracy", 0.0)),
-            answer=ep.answer, turns=len(ep.turns), tools=[t for t in ep.tools_used],
+            answer=ep.prediction, turns=len(ep.turns), tools=[t for t in ep.tools_used],
             seconds=time.perf_counter() - t0,
         )
         if rec.accuracy < 1:

@@ -430,6 +430,56 @@ def _sandbox_run(args: argparse.Namespace) -> int:
     return EXIT_ERROR if args.strict and not report.is_strongest else EXIT_OK
 
 
+# ====================================================================== rescore
+def _rescore_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="an eval output folder (or a folder of them, one per agent)")
+    p.add_argument("--reward", default="realx", help="a reward preset (realx, deepeyesv2, dapo, ...)")
+    p.add_argument("--reward-arg", action="append", metavar="KEY=VALUE", help="keyword argument of the preset")
+    p.add_argument("--out", default=None, help="output JSONL (default: RUN/rescored-PRESET.jsonl per run)")
+
+
+def _rescore_run(args: argparse.Namespace) -> int:
+    """Score stored episodes again with another reward: no model, no tools, no env."""
+    from pathlib import Path
+
+    from .benchmarks.runner import EPISODE_STORE_DIR
+    from .envs.episode_io import EpisodeStore
+    from .envs.rewards import resolve_reward
+
+    root = Path(args.run_dir)
+    stores = [root / EPISODE_STORE_DIR] if (root / EPISODE_STORE_DIR).is_dir() else sorted(
+        d / EPISODE_STORE_DIR for d in root.iterdir() if (d / EPISODE_STORE_DIR).is_dir()) if root.is_dir() else []
+    if not stores:
+        print(f"error: no stored episodes under {root} (eval writes them to RUN/{EPISODE_STORE_DIR}/)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        reward_fn = resolve_reward(args.reward, **dict(_key_values(args.reward_arg, "--reward-arg")))
+    except (KeyError, ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"| run | episodes | stored reward | {args.reward} reward | {args.reward} accuracy |")
+    print("|---|---:|---:|---:|---:|")
+    for store_dir in stores:
+        latest: dict[Any, Any] = {}
+        for key, ep, _ in EpisodeStore(store_dir):
+            latest[key] = ep  # a retried episode: the last copy counts
+        rows = []
+        for key, ep in latest.items():
+            res = reward_fn(ep)
+            rows.append({"key": key, "task_id": ep.task.id, "stored_reward": ep.reward, "reward": float(res.value),
+                         "accuracy": float(res.breakdown.get("accuracy", 0.0)), "breakdown": res.breakdown})
+        out = Path(args.out) if args.out and len(stores) == 1 else store_dir.parent / f"rescored-{args.reward}.jsonl"
+        with open(out, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        n = max(1, len(rows))
+        old = sum(r["stored_reward"] or 0.0 for r in rows) / n
+        new = sum(r["reward"] for r in rows) / n
+        acc = sum(r["accuracy"] for r in rows) / n
+        print(f"| {store_dir.parent} | {len(rows)} | {old:.4f} | {new:.4f} | {acc:.4f} |")
+    return EXIT_OK
+
+
 # ====================================================================== registry and entry point
 register_command(Command(
     "envs", "list the registered env ids",
@@ -461,6 +511,11 @@ register_command(Command(
     "Probe the isolation the Python code tool can use here (bubblewrap, unshare, or a plain\n"
     "subprocess with rlimits) and the limits it can enforce, and print what is missing.",
     _sandbox_configure, _sandbox_run))
+register_command(Command(
+    "rescore", "score the stored episodes of a run again with another reward, without the model",
+    "Read the lossless episodes an eval stored (RUN/episodes/), apply a reward preset to each, and\n"
+    "write RUN/rescored-PRESET.jsonl with a table of the old and new mean reward.",
+    _rescore_configure, _rescore_run))
 
 
 def build_parser() -> argparse.ArgumentParser:

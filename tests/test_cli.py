@@ -128,7 +128,7 @@ def test_eval_usage_errors_are_clear(capsys, argv, message):
 def test_eval_reports_an_unavailable_agent(capsys, monkeypatch, tmp_path):
     import deepeyes_gym.agents as agents
 
-    monkeypatch.setattr(agents, "_REGISTRY", dict(agents._REGISTRY))
+    monkeypatch.setattr(agents._AGENTS, "_entries", dict(agents._AGENTS._entries))
     agents.register_agent("later", "deepeyes_gym.agents.written_later:Later")
     code, _, err = run(capsys, "eval", "--env", ENV, "--agent", "later", "--out", str(tmp_path), "--no-progress")
     assert code == cli.EXIT_ERROR and "'later' agent is not available" in err and "written_later" in err
@@ -151,7 +151,6 @@ def test_env_args_reach_the_env(tmp_path, capsys):
 
 
 def test_index_builds_and_queries_a_corpus(tmp_path, capsys):
-    pytest.importorskip("deepeyes_gym.envs.search.offline")
     from deepeyes_gym.envs.search.synthetic import make_synthetic_corpus
 
     corpus = make_synthetic_corpus(tmp_path / "corpus", n_docs=60, n_images=8, image_size=(96, 72))
@@ -170,7 +169,6 @@ def test_index_builds_and_queries_a_corpus(tmp_path, capsys):
 
 @pytest.mark.timeout(120)
 def test_sandbox_check_reports_the_isolation(capsys):
-    pytest.importorskip("deepeyes_gym.envs.sandbox")
     code, out, err = run(capsys, "sandbox-check", "--json", "--strict")  # one call: each starts a sandbox
     report = json.loads(out)
     assert report["level"] in ("bwrap", "unshare", "rlimits") and report["enforced"]

@@ -5,6 +5,8 @@ import hashlib
 import gymnasium as gym
 import numpy as np
 import pytest
+
+from deepeyes_gym.envs.turns import PolicyTurn
 from gymnasium.utils.env_checker import check_env
 from PIL import Image
 
@@ -203,7 +205,7 @@ def test_truncation_at_max_turns_pays_reward():
     for i in range(3):
         obs, r, term, trunc, info = env.step("thinking...")
     assert trunc and not term
-    assert info["accuracy"] == 0.0 and info["answer"] is None and info["format_ok"] is False
+    assert info["accuracy"] == 0.0 and info["prediction"] is None and info["format_ok"] is False
     assert r < 0  # format penalty: never answered
     obs, r, term, trunc, info = env.step("<answer>1</answer>")  # after the end: reported, no crash
     assert obs["text"] == "Error: the episode is over; call reset()." and r == 0.0 and trunc
@@ -217,8 +219,12 @@ def test_character_and_token_budgets():
     assert not trunc
     *_, trunc, _ = env.step("b" * 30)
     assert trunc
-    with pytest.raises(ValueError):
-        DeepEyesEnv(toy_tasks(2), tools=V1, max_tokens=10)
+    env = DeepEyesEnv(toy_tasks(2), tools=V1, max_tokens=10)  # counts come with each PolicyTurn
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="n_tokens"):
+        env.step("a plain str carries no token count")
+    *_, trunc, info = env.step(PolicyTurn("x", n_tokens=12))
+    assert trunc and info["stop_reason"] == "max_tokens"
     env = DeepEyesEnv(toy_tasks(2), tools=V1, max_tokens=5, token_counter=lambda s: len(s.split()))
     env.reset(seed=0)
     *_, trunc, _ = env.step("one two three four five six")
@@ -305,11 +311,11 @@ def test_vector_envs_run_four_copies(vector_cls):
     try:
         obs, infos = venv.reset(seed=0)
         assert len(obs["text"]) == 4
-        for step in range(3):
-            actions = [zoom([0, 0, 100, 100]), "garbage", "<answer>3</answer>", zoom([1, 1, 2, 2])]
-            obs, rew, term, trunc, infos = venv.step(actions)
-            assert rew.shape == (4,)
-        assert term[2] or step > 0
+        actions = [zoom([0, 0, 100, 100]), "garbage", "<answer>3</answer>", zoom([1, 1, 2, 2])]
+        obs, rew, term, trunc, infos = venv.step(actions)
+        assert rew.shape == (4,) and list(term) == [False, False, True, False] and not trunc.any()
+        assert obs["text"][0].startswith("<tool_response>") and len(obs["images"][0]) == 1
+        assert obs["text"][1].startswith("Error: no action found") and obs["images"][1] == ()
     finally:
         venv.close()
 

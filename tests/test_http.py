@@ -7,7 +7,7 @@ import random
 import pytest
 import requests
 
-from deepeyes_gym.envs.http import (
+from deepeyes_gym.http import (
     HTTPRetryError,
     RetryableResponse,
     RetryPolicy,

@@ -191,5 +191,5 @@ def test_runner_drives_a_served_model(tmp_path, server):
     res = run_eval(RunConfig(env_id="DeepEyes-V1-Toy-v0", agent="openai", out_dir=tmp_path, limit=5,
                              concurrency=3, progress=False), agent=agent)
     agent.close()
-    assert [r["answer"] for r in res.records] == ["3"] * 5 and all(r["status"] == "ok" for r in res.records)
+    assert [r["prediction"] for r in res.records] == ["3"] * 5 and all(r["status"] == "ok" for r in res.records)
     assert res.meta["agent_settings"]["model"] == "test-vlm" and "api_key" not in res.meta["agent_settings"]

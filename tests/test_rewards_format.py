@@ -100,4 +100,4 @@ def test_episode_format_applies_the_cap_by_category():
 def test_episode_without_turns_fails_format():
     ep = episode_from_text(answer="1")
     v = episode_format(ep)
-    assert not v.ok and ep.truncated and ep.answer is None
+    assert not v.ok and ep.truncated and ep.prediction is None

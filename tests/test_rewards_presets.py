@@ -196,7 +196,7 @@ def test_accuracy_details():
 
 def test_answer_from_response_when_episode_answer_missing():
     ep = episode_from_text(OK, answer="42")
-    ep.answer = None  # e.g. an episode assembled by hand
+    ep.prediction = None  # e.g. an episode assembled by hand
     assert Accuracy()(ep).value == 1.0
 
 
@@ -229,7 +229,7 @@ def test_penalty_bonus_discount():
 
 def test_user_reward_by_object():
     def my_reward(ep: Episode) -> float:
-        return 2.0 if ep.answer == "42" else 0.0
+        return 2.0 if ep.prediction == "42" else 0.0
 
     fn = resolve_reward(my_reward)
     r = fn(episode_from_text(OK, answer="42"))
@@ -241,7 +241,7 @@ def test_episode_from_text_records_turns_like_the_env():
     assert [t.kind for t in ep.turns] == ["tool_call", "code", "answer"]
     assert ep.tools_used == ["search", "python"]
     assert ep.turns[1].arguments == "print(6 * 7)"
-    assert ep.answer == "42" and ep.terminated and not ep.truncated
+    assert ep.prediction == "42" and ep.terminated and not ep.truncated
     ep = episode_from_text(OK, answer="42", tool_turns=["search", "image_search", "python"])
     assert ep.tools_used == ["search", "image_search", "python"]
     ep = episode_from_text("no tags at all", answer="42")

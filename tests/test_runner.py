@@ -53,7 +53,7 @@ def test_records_have_the_documented_fields(tmp_path):
     lines = (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()
     assert len(lines) == len(res.records) == 24 and res.n_new == 24
     rec = json.loads(lines[0])
-    for key in ("env_id", "agent", "task_index", "sample", "task_id", "reward", "accuracy", "format_ok", "answer",
+    for key in ("env_id", "agent", "task_index", "sample", "task_id", "reward", "accuracy", "format_ok", "prediction",
                 "ground_truth", "capabilities", "domain", "turns", "timing", "images", "reward_breakdown"):
         assert key in rec
     assert rec["status"] == "ok" and rec["n_turns"] == 2
@@ -66,7 +66,7 @@ def test_records_have_the_documented_fields(tmp_path):
     # the answers follow the agent's rule and the accuracy the ground truth
     for r in res.records:
         want = str(int(r["task_id"].rsplit("-", 1)[1]) % 4 + 1)
-        assert r["answer"] == want
+        assert r["prediction"] == want
         assert r["accuracy"] == float(want == r["ground_truth"])
     assert sorted((r["task_index"], r["sample"]) for r in res.records) == [(i, s) for i in range(12) for s in range(2)]
 
@@ -75,7 +75,7 @@ def test_concurrency_does_not_change_results(tmp_path):
     a = run_eval(cfg(tmp_path, "a", concurrency=1))
     b = run_eval(cfg(tmp_path, "b", concurrency=8))
     assert deterministic(summarize(a.records)) == deterministic(summarize(b.records))
-    assert [r["answer"] for r in a.records] == [r["answer"] for r in b.records]
+    assert [r["prediction"] for r in a.records] == [r["prediction"] for r in b.records]
 
 
 def test_existing_output_needs_resume(tmp_path):

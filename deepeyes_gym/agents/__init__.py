@@ -9,9 +9,9 @@ Agents are looked up by name (the CLI's ``--agent``) and imported lazily, so a h
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
+from ..registry import Registry
 from .base import Agent, Message
 
 __all__ = [
@@ -38,7 +38,7 @@ class AgentUnavailable(ImportError):
 
 
 # name -> (factory or lazy "module:attr", one-line description)
-_REGISTRY: dict[str, tuple[str | Callable[..., Agent], str]] = {
+_AGENTS: Registry[Agent] = Registry("agent", {
     "scripted": (
         "deepeyes_gym.agents.scripted:ScriptedAgent",
         "per-family scripted solvers that use the tools and read their outputs (the first baseline)",
@@ -59,51 +59,41 @@ _REGISTRY: dict[str, tuple[str | Callable[..., Agent], str]] = {
         "deepeyes_gym.agents.openai:OpenAIAgent",
         "any OpenAI-compatible chat endpoint (vllm serve, SGLang, hosted APIs); needs model=...",
     ),
-}
+})
 
 
 def register_agent(
     name: str, factory: str | Callable[..., Agent], description: str = "", *, overwrite: bool = False
 ) -> None:
     """Register an agent factory: an Agent subclass, a callable, or a lazy ``"module:attr"``."""
-    if name in _REGISTRY and not overwrite:
-        raise ValueError(f"agent {name!r} is already registered (pass overwrite=True)")
-    _REGISTRY[name] = (factory, description)
+    _AGENTS.register(name, factory, description, overwrite=overwrite)
 
 
 def available_agents() -> list[str]:
-    return sorted(_REGISTRY)
+    return _AGENTS.names()
 
 
 def agent_description(name: str) -> str:
-    return _REGISTRY[name][1] if name in _REGISTRY else ""
+    return _AGENTS.description(name)
 
 
 def _resolve(name: str) -> Callable[..., Agent]:
+    spec = _AGENTS.spec(name)
     try:
-        factory, _ = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown agent {name!r}; registered: {', '.join(available_agents())}") from None
-    if not isinstance(factory, str):
-        return factory
-    module, attr = factory.split(":")
-    try:
-        mod = importlib.import_module(module)
+        return _AGENTS.resolve(name)
     except ModuleNotFoundError as exc:
+        module = str(spec).split(":")[0]
         if exc.name == module:  # the agent's own module is missing, not one of its imports
             raise AgentUnavailable(
                 f"the {name!r} agent is not available in this install: module {module} does not "
-                f"exist yet (registered as {factory!r})"
+                f"exist yet (registered as {spec!r})"
             ) from exc
         raise AgentUnavailable(
             f"the {name!r} agent needs the package {exc.name!r}, which is not installed"
         ) from exc
-    try:
-        return getattr(mod, attr)
     except AttributeError:
-        raise AgentUnavailable(
-            f"the {name!r} agent is not available: {module} has no {attr!r}"
-        ) from None
+        module, attr = str(spec).split(":")
+        raise AgentUnavailable(f"the {name!r} agent is not available: {module} has no {attr!r}") from None
 
 
 def make_agent(name: str, **kwargs: Any) -> Agent:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 from typing import Any, Mapping, Sequence
 
 __all__ = ["Agent", "Message"]
@@ -48,6 +49,12 @@ class Agent(abc.ABC):
                     raise
                 out.append(exc)
         return out
+
+    async def aact(self, messages: Sequence[Message], info: Mapping[str, Any] | None = None) -> Any:
+        """The async form the episode driver calls: a str, a ``PolicyTurn``, or a ``Generation``
+        (with its finish reason). The default runs :meth:`act` in the loop's default executor;
+        agents with native async clients override it."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.act, messages, info)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (HTTP sessions, engines)."""

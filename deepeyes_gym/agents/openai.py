@@ -20,7 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import requests
 
-from ..envs.http import HTTPRetryError, RetryPolicy, request_with_retries
+from ..http import HTTPRetryError, RetryPolicy, request_with_retries
+from ..envs.turns import THINK_PREFILL
 from . import AgentError
 from .base import Agent, Message
 
@@ -131,7 +132,7 @@ class OpenAIAgent(Agent):
         if cfg.top_p is not None:
             body["top_p"] = cfg.top_p
         if cfg.prefill_think:
-            msgs.append({"role": "assistant", "content": "<think>"})
+            msgs.append({"role": "assistant", "content": THINK_PREFILL})
             body.update(continue_final_message=True, add_generation_prompt=False)
         body.update(cfg.extra_body)
         return body
@@ -191,8 +192,8 @@ class OpenAIAgent(Agent):
         usage = data.get("usage") or {}
         self._bump(prompt_tokens=int(usage.get("prompt_tokens") or 0),
                    completion_tokens=int(usage.get("completion_tokens") or 0))
-        if self.config.prefill_think and not text.lstrip().startswith("<think>"):
-            text = "<think>" + text
+        if self.config.prefill_think and not text.lstrip().startswith(THINK_PREFILL):
+            text = THINK_PREFILL + text
         if choice.get("finish_reason") == "stop":
             text = restore_stop_string(text, choice.get("stop_reason"), self.config.stop)
         return text

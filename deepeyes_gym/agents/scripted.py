@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image
 
+from ..envs.turns import IMAGE_TOKEN
 from ..envs.suites.realx import pixelkit
 from ..envs.suites.realx.solvers import (
     Question,
@@ -70,7 +71,7 @@ class GlanceAgent(Agent):
             return answer_turn("No question.", "unknown")
         text, images = message_parts(users[0])
         try:
-            q = parse_question(text.replace("<image>", "").strip(), images, family=info.get("family"),
+            q = parse_question(text.replace(IMAGE_TOKEN, "").strip(), images, family=info.get("family"),
                                domain=info.get("domain"), options=info.get("options"))
         except SolverError:
             return answer_turn("I cannot read this question.", "unknown")

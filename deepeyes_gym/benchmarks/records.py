@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..envs.turns import clip_middle
+
 __all__ = [
     "SCHEMA_VERSION",
     "episode_key",
@@ -39,11 +41,10 @@ def episode_key(task_index: int, sample: int) -> str:
 
 
 def clip_text(text: Any, limit: int = MAX_TEXT_CHARS) -> Any:
-    if not isinstance(text, str) or len(text) <= limit:
+    """Records keep the head and tail of long texts (the lossless copy is the episode store)."""
+    if not isinstance(text, str):
         return text
-    note = f"\n... [{len(text) - limit} characters not recorded] ...\n"
-    half = limit // 2
-    return text[:half] + note + text[-half:]
+    return clip_middle(text, limit, what="characters not recorded")[0]
 
 
 def _default(obj: Any) -> Any:

@@ -1,15 +1,15 @@
 """The benchmark runner: any agent on any env id, many episodes at once, resumable.
 
-Design: a pool of K env instances (one per concurrent episode slot). Episodes whose next turn is
-due are handed to the agent's ``act_batch`` together; each ``env.step`` (tools are subprocess- or
-IO-bound) runs in a thread pool, so the agent works on some episodes while tools run for others.
-Every finished episode is appended to ``episodes.jsonl`` at once, as one line; ``resume=True``
+Design: K episode coroutines (one per concurrent slot, each with its own env) driven by
+:func:`deepeyes_gym.agents.loop.run_episode`: an episode waits only for its own agent call and
+its own env step (in a thread pool sized to K), so there is no batch barrier. Every finished episode is appended to ``episodes.jsonl`` at once, as one line; ``resume=True``
 skips the (task, sample) keys already there, so a crash or Ctrl-C loses at most the episodes that
 were running, and nothing is counted twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -17,14 +17,17 @@ import sys
 import time
 import zlib
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..agents import Agent, AgentError, make_agent
+from ..agents import Agent, make_agent
+from ..agents.loop import EpisodeOutcome, env_executor, run_episode
+from ..envs.episode_io import EpisodeStore
+from ..envs.messages import render_messages
 from .records import (
     SCHEMA_VERSION,
     append_record,
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 
 EPISODES_FILE = "episodes.jsonl"
 META_FILE = "run.json"
+EPISODE_STORE_DIR = "episodes"  # lossless episodes (EpisodeStore): SFT input, rescoring
 
 
 class RunAborted(RuntimeError):
@@ -67,6 +71,7 @@ class RunConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     agent_kwargs: dict[str, Any] = field(default_factory=dict)
     save_images: bool = True
+    save_episodes: bool = True  # lossless episodes under out_dir/episodes (for SFT and rescoring)
     progress: bool = True
     max_consecutive_errors: int = 25  # 0 disables the early stop
 
@@ -86,16 +91,24 @@ class RunResult:
 
 
 def make_env(env_id: str, **kwargs: Any):
-    """``gym.make`` an id and return the underlying DeepEyesEnv (the runner needs ``messages()``
-    and the ``episode`` record, which wrappers hide)."""
+    """``gym.make`` an id, wrappers kept; the runner reaches the episode record through them."""
     import gymnasium as gym
 
     import deepeyes_gym  # noqa: F401  (registers the ids)
 
-    env = gym.make(env_id, **kwargs).unwrapped
-    if not (hasattr(env, "messages") and hasattr(env, "episode")):
-        raise TypeError(f"{env_id} is not a DeepEyesEnv (no messages()/episode)")
+    env = gym.make(env_id, **kwargs)
+    if not env.has_wrapper_attr("episode_record"):
+        env.close()
+        raise TypeError(f"{env_id} is not a DeepEyesEnv (no episode_record())")
     return env
+
+
+def _env_attr(env: Any, name: str) -> Any:
+    """An attribute of the env through any wrappers (None when absent)."""
+    has = getattr(env, "has_wrapper_attr", None)
+    if has is not None:
+        return env.get_wrapper_attr(name) if has(name) else None
+    return getattr(env, name, None)
 
 
 def select_tasks(n_tasks: int | None, limit: int | None) -> list[int]:
@@ -117,39 +130,18 @@ def _episode_seed(seed: int, task_index: int, sample: int) -> int:
     return int(zlib.crc32(f"{seed}:{task_index}:{sample}".encode()))
 
 
+class _StopAfter(Exception):
+    """stop_after episodes are done (tests simulate Ctrl-C with it)."""
+
+
 @dataclass
-class _Slot:
-    """One concurrent episode slot, with its own env instance."""
-
-    env: Any = None
-    key: tuple[int, int] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    started: float = 0.0
-    reset_s: float = 0.0
-    agent_s: float = 0.0
-    steps: list[dict[str, float]] = field(default_factory=list)
-    live: bool = False  # env.episode belongs to this slot's current key
-
-
-def _act_safely(agent: Agent, batch: list, infos: list) -> list[Any]:
-    """Actions for a batch, with a per-episode exception in place of a str where one failed."""
-    if not batch:
-        return []
-    try:
-        return list(agent.act_batch(batch, infos, return_exceptions=True))
-    except TypeError as exc:  # a user's act_batch without return_exceptions
-        if "return_exceptions" not in str(exc):
-            raise
-    try:
-        return list(agent.act_batch(batch, infos))
-    except Exception:  # find the failing episode(s): one call each
-        out = []
-        for msgs, info in zip(batch, infos):
-            try:
-                out.append(agent.act(msgs, info))
-            except Exception as exc2:
-                out.append(exc2)
-        return out
+class _RunState:
+    acc_sum: float = 0.0
+    n_acc: int = 0
+    n_err: int = 0
+    consecutive_err: int = 0
+    aborted: str | None = None
+    new_records: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Progress:
@@ -202,7 +194,7 @@ def _check_meta(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
 
 def _prepare(config: RunConfig, agent: Agent, env: Any, out_dir: Path, ep_path: Path):
     """Select the tasks, write run.json, and (when resuming) load the finished episodes."""
-    tasks = getattr(env, "tasks", None)
+    tasks = _env_attr(env, "tasks")
     n_tasks = len(tasks) if tasks is not None and hasattr(tasks, "__len__") else None
     indices = select_tasks(n_tasks, config.limit)
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -218,7 +210,7 @@ def _prepare(config: RunConfig, agent: Agent, env: Any, out_dir: Path, ep_path: 
         "limit": config.limit,
         "n_suite_tasks": n_tasks,
         "n_selected_tasks": len(indices),
-        "system_prompt": getattr(env, "system_prompt", None),
+        "system_prompt": _env_attr(env, "system_prompt"),
         "created": now,
         "updated": now,
     }
@@ -278,15 +270,11 @@ def run_eval(
     pending = deque(k for k in wanted if episode_key(*k) not in done)
     n_skipped = len(wanted) - len(pending)
     k_slots = max(1, min(config.concurrency, len(pending)))
-    slots = [_Slot() for _ in range(k_slots)]
-    slots[0].env = first_env
-    pool = ThreadPoolExecutor(max_workers=k_slots, thread_name_prefix="episode")
-    fh = open(ep_path, "a", encoding="utf-8")
+    store = EpisodeStore(out_dir / EPISODE_STORE_DIR) if config.save_episodes else None
     bar = _Progress(len(wanted), n_skipped, config.progress, f"{config.env_id} × {config.agent}")
     wanted_keys = {episode_key(*k) for k in wanted}
-    acc_sum = sum(float(r.get("accuracy") or 0.0) for r in done.values() if r["key"] in wanted_keys)
-    n_acc, n_err, consecutive_err, n_new = n_skipped, 0, 0, 0
-    new_records: list[dict[str, Any]] = []
+    state = _RunState(acc_sum=sum(float(r.get("accuracy") or 0.0) for r in done.values() if r["key"] in wanted_keys),
+                      n_acc=n_skipped)
 
     def _task_at(index: int) -> Any:
         try:
@@ -294,70 +282,37 @@ def run_eval(
         except Exception:  # the task itself may be what failed
             return None
 
-    # ------------------------------------------------------------------ per-slot work (threads)
-    def start(slot: _Slot, key: tuple[int, int]) -> tuple[_Slot, str, Any]:
-        slot.key, slot.agent_s, slot.steps, slot.live = key, 0.0, [], False
-        slot.started = time.time()
-        t0 = time.perf_counter()
-        try:
-            if slot.env is None:
-                slot.env = factory()
-            ep_seed = _episode_seed(config.seed, *key)
-            _, info = slot.env.reset(seed=ep_seed, options={"task_index": key[0]})
-        except Exception as exc:
-            slot.reset_s = time.perf_counter() - t0
-            return slot, "error", f"reset failed: {type(exc).__name__}: {exc}"
-        slot.reset_s = time.perf_counter() - t0
-        slot.live = True
-        slot.info = dict(info, sample=key[1], episode_seed=ep_seed, task_index=key[0])
-        return slot, "ready", None
-
-    def step(slot: _Slot, action: str) -> tuple[_Slot, str, Any]:
-        t0 = time.perf_counter()
-        try:
-            _, reward, term, trunc, info = slot.env.step(action)
-        except Exception as exc:  # an env bug: record it against this episode
-            log.exception("env.step raised")
-            return slot, "error", f"env.step raised {type(exc).__name__}: {exc}"
-        turn = slot.env.episode.turns[-1]
-        slot.steps.append({"step_s": time.perf_counter() - t0, "tool_s": float(turn.latency_s or 0.0)})
-        if term or trunc:
-            return slot, "done", build_record(slot, "ok", None, float(reward), info)
-        return slot, "ready", None
-
-    def build_record(slot: _Slot, status: str, error: str | None, reward: float | None,
-                     info: Mapping[str, Any] | None) -> dict[str, Any]:
-        task_index, sample = slot.key
-        env = slot.env
-        ep = env.episode if env is not None and slot.live else None
+    def build_record(key: tuple[int, int], seed: int, out: EpisodeOutcome | None, error: str | None) -> dict[str, Any]:
+        task_index, sample = key
+        ep = out.episode if out is not None else None
         task = ep.task if ep is not None else _task_at(task_index)
+        status = "ok" if error is None else "error"
+        steps = out.step_s if out is not None else []
         turns = []
-        if ep is not None:
-            for t_i, t in enumerate(ep.turns):
-                timing = slot.steps[t_i] if t_i < len(slot.steps) else {}
-                turns.append({
-                    "kind": t.kind,
-                    "tool": t.tool,
-                    "arguments": clip_text(t.arguments) if isinstance(t.arguments, str) else t.arguments,
-                    "action": clip_text(t.action),
-                    "observation": clip_text(t.observation),
-                    "n_images": t.n_images,
-                    "error": t.error,
-                    "latency_s": round(float(t.latency_s or 0.0), 6),
-                    "step_s": round(float(timing.get("step_s", 0.0)), 6),
-                    "metadata": t.metadata,
-                })
+        for t_i, t in enumerate(ep.turns if ep is not None else ()):
+            turns.append({
+                "kind": t.kind,
+                "tool": t.tool,
+                "arguments": clip_text(t.arguments) if isinstance(t.arguments, str) else t.arguments,
+                "action": clip_text(t.action),
+                "finish_reason": t.finish_reason,
+                "observation": clip_text(t.observation),
+                "n_images": t.n_images,
+                "error": t.error,
+                "latency_s": round(float(t.latency_s or 0.0), 6),
+                "step_s": round(float(steps[t_i]) if t_i < len(steps) else 0.0, 6),
+                "metadata": t.metadata,
+            })
         images: list[dict[str, Any]] = []
         rel = f"images/{task_index}-{sample}"
-        if config.save_images and env is not None and ep is not None:
+        if config.save_images and ep is not None:
             try:
-                images = save_images(env.messages("array"), out_dir, rel)
+                images = save_images(render_messages(ep.messages(), "array"), out_dir, rel)
             except Exception as exc:  # the record matters more than its pictures
                 log.warning("could not save the images of %s: %s", rel, exc)
-        info = dict(info or {})
-        breakdown = info.get("reward_breakdown", {})
-        step_s = sum(s["step_s"] for s in slot.steps)
-        tool_s = sum(s["tool_s"] for s in slot.steps)
+        info = dict(out.info if out is not None else {})
+        step_s = sum(steps)
+        tool_s = sum(float(t.latency_s or 0.0) for t in (ep.turns if ep is not None else ()))
         rec = {
             "schema": SCHEMA_VERSION,
             "key": episode_key(task_index, sample),
@@ -365,16 +320,17 @@ def run_eval(
             "agent": config.agent,
             "task_index": task_index,
             "sample": sample,
+            "episode_seed": seed,
             "task_id": getattr(task, "id", None),
             "status": status,
             "error": error,
-            "reward": reward,
+            "reward": out.reward if status == "ok" else None,
             "accuracy": float(info.get("accuracy", 0.0)) if status == "ok" else 0.0,
             "format_ok": bool(info.get("format_ok", False)) if status == "ok" else False,
             "format_reasons": info.get("format_reasons", []),
-            "answer": info.get("answer", ep.answer if ep is not None else None),
+            "prediction": ep.prediction if ep is not None else None,
             "ground_truth": getattr(task, "answer", None),
-            "reward_breakdown": breakdown,
+            "reward_breakdown": info.get("reward_breakdown", {}),
             "question": clip_text(task.prompt_text()) if task is not None else None,
             "answer_kind": getattr(task, "answer_kind", None),
             "domain": getattr(task, "domain", None),
@@ -383,14 +339,15 @@ def run_eval(
             "source": getattr(task, "source", None),
             "terminated": bool(getattr(ep, "terminated", False)),
             "truncated": bool(getattr(ep, "truncated", False)),
+            "stop_reason": getattr(ep, "stop_reason", None) if status == "ok" else "error",
             "n_turns": len(turns),
             "turns": turns,
             "images": images,
             "timing": {
-                "started": round(slot.started, 3),
-                "wall_s": round(time.time() - slot.started, 6),
-                "reset_s": round(slot.reset_s, 6),
-                "agent_s": round(slot.agent_s, 6),
+                "started": round(out.started, 3) if out else round(time.time(), 3),
+                "wall_s": round(out.wall_s, 6) if out else 0.0,
+                "reset_s": round(out.reset_s, 6) if out else 0.0,
+                "agent_s": round(out.agent_s, 6) if out else 0.0,
                 "env_s": round(step_s, 6),
                 "tool_s": round(tool_s, 6),
                 "env_overhead_s": round(max(0.0, step_s - tool_s), 6),
@@ -398,95 +355,90 @@ def run_eval(
         }
         return jsonable(rec)
 
-    def error_record(slot: _Slot, message: str) -> dict[str, Any]:
-        return build_record(slot, "error", message, None, None)
-
-    # ------------------------------------------------------------------ main loop
-    idle = list(slots)
-    ready: list[_Slot] = []
-    in_flight: dict[Future, str] = {}
-    aborted: str | None = None
-
-    def finish(rec: dict[str, Any], slot: _Slot) -> None:
-        nonlocal acc_sum, n_acc, n_err, consecutive_err, n_new, aborted
+    def finish(rec: dict[str, Any], ep: Any) -> None:
         append_record(fh, rec)
-        new_records.append(rec)
-        n_new += 1
-        n_acc += 1
-        acc_sum += rec["accuracy"]
+        if store is not None and ep is not None and rec["status"] == "ok":
+            try:
+                store.append(ep, key=rec["key"], extra={"env_id": config.env_id, "agent": config.agent})
+            except Exception as exc:
+                log.warning("could not store episode %s losslessly: %s", rec["key"], exc)
+        state.new_records.append(rec)
+        state.acc_sum += rec["accuracy"]
+        state.n_acc += 1
         if rec["status"] != "ok":
-            n_err += 1
-            consecutive_err += 1
-            if config.max_consecutive_errors and consecutive_err >= config.max_consecutive_errors:
-                aborted = f"{consecutive_err} episodes in a row failed; the last error: {rec['error']}"
+            state.n_err += 1
+            state.consecutive_err += 1
+            if config.max_consecutive_errors and state.consecutive_err >= config.max_consecutive_errors:
+                state.aborted = f"{state.consecutive_err} episodes in a row failed; the last error: {rec['error']}"
         else:
-            consecutive_err = 0
-        bar.update(acc_sum / n_acc if n_acc else None, n_err)
-        slot.key = None
-        idle.append(slot)
-        if stop_after is not None and n_new >= stop_after:
-            raise KeyboardInterrupt(f"stop_after={stop_after}")
+            state.consecutive_err = 0
+        bar.update(state.acc_sum / state.n_acc if state.n_acc else None, state.n_err)
+        if stop_after is not None and len(state.new_records) >= stop_after:
+            raise _StopAfter()
 
+    envs: list[Any] = [first_env]
+    executor = env_executor(k_slots)
+
+    async def worker(slot: int) -> None:
+        loop = asyncio.get_running_loop()
+        env = None
+        while pending and state.aborted is None:
+            key = pending.popleft()
+            seed = _episode_seed(config.seed, *key)
+            if env is None:
+                try:
+                    env = envs[slot] if slot < len(envs) and envs[slot] is not None else await loop.run_in_executor(
+                        executor, factory)
+                except Exception as exc:
+                    finish(build_record(key, seed, None, f"env creation failed: {type(exc).__name__}: {exc}"), None)
+                    continue
+                envs.extend([None] * (slot + 1 - len(envs)))
+                envs[slot] = env
+            out = await run_episode(env, agent, seed=seed, options={"task_index": key[0]}, executor=executor,
+                                    image_format=image_format,
+                                    agent_info={"sample": key[1], "episode_seed": seed, "task_index": key[0]})
+            finish(build_record(key, seed, out, out.error), out.episode)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        # Agents' blocking act() runs in the loop's default pool: one thread per concurrent episode.
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=k_slots, thread_name_prefix="agent"))
+        workers = [asyncio.create_task(worker(i)) for i in range(k_slots)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    fh = open(ep_path, "a", encoding="utf-8")
     try:
-        while pending or ready or in_flight:
-            while idle and pending and aborted is None:
-                slot = idle.pop()
-                in_flight[pool.submit(start, slot, pending.popleft())] = "start"
-            if ready:
-                batch = ready
-                ready = []
-                convs = [s.env.messages(image_format) for s in batch]
-                t0 = time.perf_counter()
-                actions = _act_safely(agent, convs, [s.info for s in batch])
-                dt = time.perf_counter() - t0
-                for slot, action in zip(batch, actions):
-                    slot.agent_s += dt
-                    if isinstance(action, BaseException):
-                        msg = str(action) if isinstance(action, AgentError) else f"{type(action).__name__}: {action}"
-                        finish(error_record(slot, f"agent error: {msg}"), slot)
-                    else:
-                        in_flight[pool.submit(step, slot, action)] = "step"
-                continue
-            if not in_flight:
-                break
-            finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-            for fut in finished:
-                in_flight.pop(fut)
-                slot, state, payload = fut.result()
-                if state == "ready":
-                    ready.append(slot)
-                elif state == "done":
-                    finish(payload, slot)
-                else:
-                    finish(error_record(slot, payload), slot)
-            if aborted is not None and not in_flight:
-                ready.clear()
-                break
+        asyncio.run(main())
+    except _StopAfter:
+        raise KeyboardInterrupt(f"stop_after={stop_after}") from None
     finally:
-        for fut in in_flight:
-            fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        executor.shutdown(wait=True, cancel_futures=True)
         fh.close()
         bar.close()
-        for slot in slots:
-            if slot.env is not None:
+        for env in envs:
+            if env is not None:
                 try:
-                    slot.env.close()
+                    env.close()
                 except Exception as exc:
                     log.warning("env.close failed: %s", exc)
         if own_agent:
             agent.close()
 
-    if aborted is not None:
+    if state.aborted is not None:
         raise RunAborted(
-            f"stopped early: {aborted}. The {n_new} episodes run so far are saved in {ep_path}; "
-            "fix the cause and re-run with --resume."
+            f"stopped early: {state.aborted}. The {len(state.new_records)} episodes run so far are saved in "
+            f"{ep_path}; fix the cause and re-run with --resume."
         )
-    records = [r for r in dedupe_records(list(done.values()) + new_records) if r["key"] in wanted_keys]
+    records = [r for r in dedupe_records(list(done.values()) + state.new_records) if r["key"] in wanted_keys]
     return RunResult(
         out_dir=out_dir,
         records=records,
-        n_new=n_new,
+        n_new=len(state.new_records),
         n_skipped=n_skipped,
         wall_s=time.perf_counter() - t_start,
         meta=meta,

@@ -78,7 +78,7 @@ def summarize(
         "samples": samples,
         "n_errors": n - len(ok),
         "n_truncated": sum(1 for r in ok if r.get("truncated")),
-        "n_no_answer": sum(1 for r in ok if r.get("answer") is None),
+        "n_no_answer": sum(1 for r in ok if r.get("prediction") is None),
         "accuracy": _acc_stats(acc, seed, n_boot),
         "accuracy_excluding_errors": _acc_stats(
             [float(r.get("accuracy") or 0.0) for r in ok], seed, n_boot

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..envs.turns import IMAGE_TOKEN
 from .records import dedupe_records
 
 __all__ = ["render_viewer", "write_viewer", "split_turn"]
@@ -142,7 +143,7 @@ def _hits_html(meta: Mapping[str, Any]) -> str:
 
 def _with_images(text: str, imgs: Sequence[str]) -> str:
     """Observation text with each ``<image>`` placeholder replaced by its picture."""
-    chunks = (text or "").split("<image>")
+    chunks = (text or "").split(IMAGE_TOKEN)
     out = []
     for i, chunk in enumerate(chunks):
         if chunk.strip():
@@ -165,7 +166,7 @@ def _episode_html(rec: Mapping[str, Any], images: _Images) -> str:
     head = (
         f'<summary><span class="mark">{mark}</span><span class="tid">{_esc(rec.get("key"))} · {_esc(rec.get("task_id"))}</span>'
         f'<span class="tag">{_esc(rec.get("domain"))}</span>{caps}'
-        f'<span>answer: <b>{_esc(rec.get("answer"))}</b> · truth: <b>{_esc(rec.get("ground_truth"))}</b></span>'
+        f'<span>answer: <b>{_esc(rec.get("prediction"))}</b> · truth: <b>{_esc(rec.get("ground_truth"))}</b></span>'
         f'<span class="tag">{int(rec.get("n_turns") or 0)} turns</span>'
         f'<span class="tag">reward {_esc(rec.get("reward"))}</span></summary>'
     )
@@ -196,7 +197,7 @@ def _episode_html(rec: Mapping[str, Any], images: _Images) -> str:
         parts.append("".join(block))
     if rec.get("error"):
         parts.append(f'<div class="turn err">Episode error: {_esc(rec["error"])}</div>')
-    rows = [("answer", rec.get("answer")), ("ground truth", rec.get("ground_truth")), ("reward", rec.get("reward")),
+    rows = [("answer", rec.get("prediction")), ("ground truth", rec.get("ground_truth")), ("reward", rec.get("reward")),
             ("accuracy", rec.get("accuracy")), ("format ok", rec.get("format_ok"))]
     for k, v in (rec.get("reward_breakdown") or {}).items():
         if k not in ("accuracy", "format_ok"):

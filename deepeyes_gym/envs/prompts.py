@@ -6,6 +6,7 @@ import json
 from typing import Sequence
 
 from .tools.base import Tool
+from .turns import IMAGE_TOKEN
 
 __all__ = ["build_system_prompt", "user_prompt"]
 
@@ -47,4 +48,4 @@ def build_system_prompt(tools: Sequence[Tool]) -> str:
 
 def user_prompt(question: str, n_images: int) -> str:
     """The first user turn: one ``<image>`` placeholder per input image, then the question."""
-    return "<image>" * n_images + ("\n" if n_images else "") + question
+    return IMAGE_TOKEN * n_images + ("\n" if n_images else "") + question

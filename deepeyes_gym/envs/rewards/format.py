@@ -26,6 +26,7 @@ from typing import Sequence
 
 from ..episode import Episode
 from ..task import Task
+from ..turns import THINK_PREFILL
 
 __all__ = ["ANSWER_CAP", "CATEGORIES", "FormatVerdict", "check_format", "episode_format", "reward_category"]
 
@@ -49,7 +50,7 @@ class FormatVerdict:
 
 
 def _with_think(turn: str) -> str:
-    return turn if turn.lstrip().startswith("<think>") else "<think>" + turn
+    return turn if turn.lstrip().startswith(THINK_PREFILL) else THINK_PREFILL + turn
 
 
 def check_format(
@@ -69,7 +70,7 @@ def check_format(
     if isinstance(response, str):
         text = _with_think(response)
     else:
-        text = "".join(_with_think(str(t)) for t in response) if response else "<think>"
+        text = "".join(_with_think(str(t)) for t in response) if response else THINK_PREFILL
     reasons: list[str] = []
     n_open, n_close = text.count("<think>"), text.count("</think>")
     if n_open == 0 or n_close == 0:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from ..http import HTTPRetryError, RetryableResponse, RetryPolicy, request_with_retries
+from ...http import HTTPRetryError, RetryableResponse, RetryPolicy, request_with_retries
 
 __all__ = [
     "JudgeConfig",

@@ -113,7 +113,7 @@ class Accuracy:
         task = episode.task
         category = reward_category(task)
         bd: dict[str, Any] = {"accuracy": 0.0, "category": category}
-        answer = episode.answer if episode.answer is not None else extract_answer(episode.response_text)
+        answer = episode.prediction if episode.prediction is not None else extract_answer(episode.response_text)
         if answer is None or not answer.strip():
             bd["accuracy_method"] = "no_answer"
             return RewardResult(0.0, bd)

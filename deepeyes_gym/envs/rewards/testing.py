@@ -5,7 +5,7 @@
 >>> resolve_reward("realx")(ep).value
 1.0
 
-Turns are parsed with the env's own action parser, so ``episode.answer``, turn kinds and tool
+Turns are parsed with the env's own action parser, so ``episode.prediction``, turn kinds and tool
 names are what the env would record. ``tool_turns`` prepends well-formed tool turns (an int: that
 many Python turns; or tool names such as ``["search", "python"]``) that count as having run
 without error.
@@ -105,7 +105,7 @@ def episode_from_text(
         turn = _turn(text, ran=not tools_fail)
         ep.turns.append(turn)
         if turn.kind == "answer":
-            ep.answer = parse_action(text).payload
+            ep.prediction = parse_action(text).payload
             ep.terminated = True
             break
     ep.truncated = not ep.terminated

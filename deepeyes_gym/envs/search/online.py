@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 import requests
 from PIL import Image
 
-from ..http import RETRY_STATUS, HTTPRetryError, RetryableResponse, RetryPolicy, request_with_retries
+from ...http import RETRY_STATUS, HTTPRetryError, RetryableResponse, RetryPolicy, request_with_retries
 from .base import (
     DEFAULT_TOP_K,
     ImageHit,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
+from ...registry import Registry
 from .base import Tool, ToolContext, ToolError, ToolResult, resize_returned_image
 
 __all__ = [
@@ -18,33 +18,23 @@ __all__ = [
     "available_tools",
 ]
 
-# name -> "module:attr" (lazy) or a factory callable
-_REGISTRY: dict[str, str | Callable[..., Tool]] = {
-    "image_zoom_in_tool": "deepeyes_gym.envs.tools.image_ops:ZoomInTool",
-    "image_rotate_tool": "deepeyes_gym.envs.tools.image_ops:RotateTool",
-    "python": "deepeyes_gym.envs.tools.python:PythonTool",
-    "search": "deepeyes_gym.envs.tools.search:TextSearchTool",
-    "image_search": "deepeyes_gym.envs.tools.search:ImageSearchTool",
-}
+_TOOLS: Registry[Tool] = Registry("tool", {
+    "image_zoom_in_tool": ("deepeyes_gym.envs.tools.image_ops:ZoomInTool", "DeepEyes v1 zoom-in"),
+    "image_rotate_tool": ("deepeyes_gym.envs.tools.image_ops:RotateTool", "DeepEyes v1 rotate"),
+    "python": ("deepeyes_gym.envs.tools.python:PythonTool", "stateful Python sandbox per episode"),
+    "search": ("deepeyes_gym.envs.tools.search:TextSearchTool", "text search"),
+    "image_search": ("deepeyes_gym.envs.tools.search:ImageSearchTool", "reverse image search"),
+})
 
 
 def register_tool(name: str, factory: str | Callable[..., Tool], *, overwrite: bool = False) -> None:
     """Register a tool factory (a Tool subclass, a callable, or a lazy "module:attr" string)."""
-    if name in _REGISTRY and not overwrite:
-        raise ValueError(f"tool {name!r} is already registered (pass overwrite=True)")
-    _REGISTRY[name] = factory
+    _TOOLS.register(name, factory, overwrite=overwrite)
 
 
 def available_tools() -> list[str]:
-    return sorted(_REGISTRY)
+    return _TOOLS.names()
 
 
 def make_tool(name: str, **kwargs: Any) -> Tool:
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown tool {name!r}; registered: {', '.join(available_tools())}") from None
-    if isinstance(factory, str):
-        module, attr = factory.split(":")
-        factory = getattr(importlib.import_module(module), attr)
-    return factory(**kwargs)
+    return _TOOLS.resolve(name)(**kwargs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -109,6 +108,11 @@ class Tool(abc.ABC):
     def end_episode(self) -> None:
         """Called when an episode ends or is abandoned by a new ``reset()``."""
 
+    def abort(self) -> None:
+        """Cancel the running episode now, from any thread, without waiting for a running call
+        (``env.abort()``). The default ends the episode; tools with slow calls kill them."""
+        self.end_episode()
+
     def close(self) -> None:
         """Release everything the tool holds; called by ``env.close()``."""
 
@@ -138,11 +142,12 @@ def _type_ok(value: Any, expected: str | list[str]) -> bool:
     return False
 
 
-def resize_returned_image(img: Any, max_pixels: int | None = None) -> np.ndarray:
+def resize_returned_image(img: Any, max_pixels: int | None = None, max_side: int | None = None) -> np.ndarray:
     """Bring a tool's image into protocol shape and return it as an HxWx3 uint8 array.
 
     Upscale when the short side is < 32 px, shrink the long side when the aspect ratio exceeds
-    200, and (optionally) downscale to at most ``max_pixels`` pixels.
+    200, and (optionally) downscale to at most ``max_pixels`` pixels and ``max_side`` per side
+    (the observation space's bound).
     """
     if isinstance(img, np.ndarray):
         arr = img
@@ -171,10 +176,10 @@ def resize_returned_image(img: Any, max_pixels: int | None = None) -> np.ndarray
     if max_pixels and w * h > max_pixels:
         s = (max_pixels / (w * h)) ** 0.5
         w, h = max(MIN_SHORT_SIDE, int(w * s)), max(MIN_SHORT_SIDE, int(h * s))
+    if max_side and max(w, h) > max_side:
+        s = max_side / max(w, h)
+        w, h = max(1, min(max_side, int(w * s))), max(1, min(max_side, int(h * s)))
     if (w, h) != pil.size:
         pil = pil.resize((int(w), int(h)), Image.BICUBIC)
     return np.asarray(pil, dtype=np.uint8).copy()
 
-
-def dumps_compact(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
