@@ -64,6 +64,11 @@ def test_error_texts_are_pinned():
         ("<answer><answer>7</answer></answer>", "answer", "7", None),
         # tags mentioned inside the thoughts do not act
         ("<think>maybe <answer>no</answer></think><code>```python\nz=3\n```</code>", "code", "z=3", None),
+        # an empty answer is not an answer: the code or tool call beside it runs (issue 10)
+        (f"<think>t</think><answer></answer>{CODE}", "code", "print(image_1.size)", None),
+        (f"<think>t</think>{CODE}<answer> \n </answer>", "code", "print(image_1.size)", None),
+        (f"<think>t</think><answer></answer>{SEARCH}", "tool_call", {"query": "red fox"}, "search"),
+        (f"<answer></answer>{SEARCH}{CODE}", "code", "print(image_1.size)", None),
     ],
 )
 def test_valid_actions(text, kind, payload, name):
@@ -86,6 +91,11 @@ def test_valid_actions(text, kind, payload, name):
         ("<code>\n```python\n\n```\n</code>", "Error: the code block is empty."),
         ("<answer>42", "Error: <answer> is not closed. Give the final answer as <answer>...</answer>."),
         ("<answer>  </answer>", "Error: the answer is empty. Give the final answer as <answer>...</answer>."),
+        ("<think>t</think><answer></answer>", ERRORS["empty_answer"]),
+        # the code beside an empty answer is dispatched, and its own defects are reported
+        ("<answer></answer><code>print(1)</code>", NO_FENCE),
+        # an unclosed answer still ends nothing and blocks nothing silently
+        (f"<answer>{CODE}", ERRORS["unclosed_answer"]),
         (
             '<tool_call>{"name": "search", "arguments": {"query": }</tool_call>',
             'Error: the tool call is not valid JSON (Expecting value). Use '
@@ -140,3 +150,18 @@ def test_binary_garbage_never_raises(garbage):
 
 def test_surrogate_answer_is_cleaned():
     assert parse_action("<answer>\ud800bad</answer>").payload == "?bad"
+
+
+def test_empty_answer_does_not_block_the_tool_in_the_env():
+    from deepeyes_gym.envs import DeepEyesEnv
+    from deepeyes_gym.envs.suites.builtin import toy_tasks
+
+    env = DeepEyesEnv(toy_tasks(1), tools=("image_zoom_in_tool",), max_turns=3)
+    env.reset(seed=0)
+    zoom = '<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [0, 0, 64, 64]}}</tool_call>'
+    obs, _, terminated, _, info = env.step(f"<think>zoom</think><answer></answer>{zoom}")
+    assert not terminated and info["action_kind"] == "tool_call"
+    assert obs["text"].startswith("<tool_response>") and len(obs["images"]) == 1
+    obs, _, terminated, _, _ = env.step("<think>done</think><answer></answer>")
+    assert not terminated and obs["text"] == ERRORS["empty_answer"]
+    env.close()

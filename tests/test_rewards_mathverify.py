@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from deepeyes_gym.envs.rewards import MathVerifier, answers_match, match_answer
+from deepeyes_gym.envs.rewards import MathVerifier, answers_match, clean_answer, match_answer
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("math_verify") is None, reason="math-verify is not installed"
@@ -102,6 +102,18 @@ def test_answers_match_takes_a_verifier(verifier):
     assert r.match is None and r.method == "math_unverified"
     r = match_answer("9^{9^{9^{9}}}", "1", kind="math", math_verify=verifier)
     assert r.match is None and r.method == "math_verify:timeout"
+
+
+@pytest.mark.parametrize(
+    "gold, pred",
+    [("$21,16$ or $11$", "$21,16,11$"), ("$1$ and $2$ and $3$", "$\\boxed{1,2,3}$")],
+)
+def test_original_strings_settle_what_cleaned_ones_do_not(verifier, gold, pred):
+    # Cleaning strips "$" across two formulas ("1$ and $2$ and $3"): math-verify must get the
+    # strings as written, which is what match_answer now hands it.
+    assert verifier.verify(clean_answer(gold), clean_answer(pred)).equal is False
+    assert verifier.verify(gold, pred).equal is True
+    assert match_answer(pred, gold, math_verify=verifier).match is True
 
 
 def test_bad_arguments():

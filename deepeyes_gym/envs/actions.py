@@ -3,6 +3,7 @@
 Rules (shared spec): an ``<answer>`` ends the episode first; else a ``<code>`` block (code wins
 over a tool call); else a ``<tool_call>``. Only the LAST block of a kind counts. Tags are looked
 for after the last ``</think>`` so that a model musing about tags inside its thoughts does not act.
+An empty ``<answer></answer>`` is not an answer: a code block or tool call beside it runs.
 
 Tolerance for what real models emit: an unclosed ``<code>``/``<tool_call>`` at the end of the turn
 (the server dropped the stop string), a missing closing code fence, stray whitespace, a prompt-
@@ -150,9 +151,10 @@ def parse_action(text: Any) -> Action:
     if answer is not None:
         if not closed:
             return Action("invalid", error=ERRORS["unclosed_answer"])
-        if not answer.strip():
-            return Action("invalid", error=ERRORS["empty_answer"])
-        return Action("answer", payload=answer.strip())
+        if answer.strip():
+            return Action("answer", payload=answer.strip())
+        # An empty <answer></answer> is not an answer, so it does not take precedence: a code
+        # block or tool call in the same turn runs. Alone, it is the empty_answer error.
 
     code, _ = _last_block(body, "code")
     if code is not None:
@@ -162,4 +164,6 @@ def parse_action(text: Any) -> Action:
     if call is not None:
         return _parse_tool_call(call)
 
+    if answer is not None:
+        return Action("invalid", error=ERRORS["empty_answer"])
     return Action("invalid", error=ERRORS["no_action"])
