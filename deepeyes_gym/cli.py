@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 __all__ = ["Command", "register_command", "build_parser", "main", "COMMANDS"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+_MODEL_AGENTS = ("openai", "hf")  # agents that take --model (a served model name / a local dir)
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def _eval_configure(p: argparse.ArgumentParser) -> None:
                    help="env constructor argument (VALUE parsed as JSON when it is JSON), e.g. data_path=/data/realx")
     p.add_argument("--agent-arg", action="append", metavar="[LABEL.]KEY=VALUE",
                    help="agent constructor argument; with LABEL. only for that agent")
-    p.add_argument("--model", default=None, help="shortcut for --agent-arg model=... (openai agents)")
+    p.add_argument("--model", default=None, help="shortcut for --agent-arg model=... (openai: a served model name; hf: a local model dir)")
     p.add_argument("--base-url", default=None, help="shortcut for --agent-arg base_url=... (openai agents)")
     p.add_argument("--no-images", action="store_true", help="do not save images (the viewer shows none)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -175,10 +176,10 @@ def _agent_specs(args: argparse.Namespace):
         raise SystemExit(f"error: agent {sorted(dupes)} given twice; name them NAME@LABEL")
     pairs = _key_values(args.agent_arg, "--agent-arg")
     for spec in specs:
-        if spec.name == "openai":
+        if spec.name in _MODEL_AGENTS:
             if args.model:
                 spec.kwargs["model"] = args.model
-            if args.base_url:
+            if spec.name == "openai" and args.base_url:
                 spec.kwargs["base_url"] = args.base_url
     for key, value in pairs:
         target, dot, short = key.partition(".")
@@ -190,8 +191,9 @@ def _agent_specs(args: argparse.Namespace):
             for spec in specs:
                 spec.kwargs[key] = value
     for spec in specs:
-        if spec.name == "openai" and "model" not in spec.kwargs:
-            raise SystemExit(f"error: the openai agent {spec.tag!r} needs --model NAME (or --agent-arg {spec.tag}.model=NAME)")
+        if spec.name in _MODEL_AGENTS and "model" not in spec.kwargs:
+            raise SystemExit(f"error: the {spec.name} agent {spec.tag!r} needs --model NAME "
+                             f"(or --agent-arg {spec.tag}.model=NAME)")
     return specs
 
 

@@ -44,6 +44,9 @@ class FakeServer(LocalServer):
                         choice = {"index": 0, "message": msg, "finish_reason": spec.get("finish", "stop")}
                         if "stop_reason" in spec:
                             choice["stop_reason"] = spec["stop_reason"]
+                        for extra in ("token_ids", "logprobs"):
+                            if extra in spec:
+                                choice[extra] = spec[extra]
                         payload = json.dumps({"choices": [choice], "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
                     else:
                         payload = str(spec)
@@ -116,6 +119,31 @@ def test_stop_string_is_put_back(server, text, reason, want):
 def test_length_cut_is_left_alone(server):
     server.default = (200, {"text": "<think>long", "finish": "length"})
     assert fast_agent(server.url).act([{"role": "user", "content": "q"}]) == "<think>long"
+
+
+def test_generation_carries_the_finish_reason_stop_string_ids_and_logprobs(server):
+    server.default = (200, {"text": "<think>x</think><code>\n```python\nprint(1)\n```\n", "finish": "stop",
+                            "stop_reason": "</code>", "token_ids": [5, 6, 7],
+                            "logprobs": {"content": [{"token": "a", "logprob": -0.5}, {"token": "b", "logprob": -1.0},
+                                                     {"token": "c", "logprob": -0.25}]}})
+    gen = fast_agent(server.url).generate([{"role": "user", "content": "q"}])
+    assert gen.finish_reason == "stop" and gen.stop == "</code>" and gen.text.endswith("</code>")
+    assert gen.token_ids == [5, 6, 7] and gen.logprobs == [-0.5, -1.0, -0.25] and gen.prompt_tokens == 10
+    server.default = (200, {"text": "<think>long", "finish": "length"})
+    gen = fast_agent(server.url).generate([{"role": "user", "content": "q"}])
+    assert gen.finish_reason == "length" and gen.stop is None and gen.token_ids is None
+
+
+def test_a_length_cut_turn_reaches_the_env_and_runs_no_code(tmp_path, server):
+    """Before, the finish reason was dropped and the half-written code of a cut turn ran."""
+    server.default = (200, {"text": "<think>x</think><code>\n```python\nprint('ran')\nfor i in range(", "finish": "length"})
+    agent = make_agent("openai", model="test-vlm", base_url=server.url, backoff_s=0.01)
+    res = run_eval(RunConfig(env_id="DeepEyes-Toy-v0", agent="openai", out_dir=tmp_path, limit=2,
+                             concurrency=2, progress=False, save_images=False), agent=agent)
+    agent.close()
+    for r in res.records:
+        assert r["status"] == "ok" and r["stop_reason"] == "length" and r["n_turns"] == 1
+        assert r["turns"][0]["finish_reason"] == "length" and r["turns"][0]["tool"] is None
 
 
 def test_server_errors_are_retried_then_succeed(server):

@@ -59,6 +59,10 @@ _AGENTS: Registry[Agent] = Registry("agent", {
         "deepeyes_gym.agents.openai:OpenAIAgent",
         "any OpenAI-compatible chat endpoint (vllm serve, SGLang, hosted APIs); needs model=...",
     ),
+    "hf": (
+        "deepeyes_gym.agents.hf:HFAgent",
+        "in-process Hugging Face transformers model (Qwen2.5-VL or Qwen2) from a local dir; needs model=DIR",
+    ),
 })
 
 

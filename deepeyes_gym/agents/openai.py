@@ -11,6 +11,7 @@ Only ``requests`` (a core dependency) is used: no OpenAI SDK needed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -20,10 +21,11 @@ from typing import Any, Mapping, Sequence
 
 import requests
 
-from ..http import HTTPRetryError, RetryPolicy, request_with_retries
 from ..envs.turns import THINK_PREFILL
+from ..http import HTTPRetryError, RetryPolicy, request_with_retries
 from . import AgentError
 from .base import Agent, Message
+from .generation import Generation
 
 __all__ = ["OpenAIAgent", "OpenAIConfig", "STOP_STRINGS", "restore_stop_string"]
 
@@ -143,7 +145,14 @@ class OpenAIAgent(Agent):
                 self.stats[k] = self.stats.get(k, 0) + v
 
     def complete(self, messages: Sequence[Message]) -> str:
-        """One chat completion with retries. Raises AgentError when it cannot get one."""
+        """The text of one chat completion (see :meth:`generate`)."""
+        return self.generate(messages).text
+
+    def generate(self, messages: Sequence[Message]) -> Generation:
+        """One chat completion with retries, with the server's finish reason (a turn cut by
+        ``max_tokens`` is ``"length"``: the env then runs none of its half-written code), the
+        matched stop string, and token ids / logprobs when the server returns them. Raises
+        AgentError when it cannot get one."""
         cfg = self.config
         body = self._payload(messages)
 
@@ -179,7 +188,7 @@ class OpenAIAgent(Agent):
             return f"request to {self._url} failed: {type(exc).__name__}: {exc}"
         return err.reason
 
-    def _parse(self, resp: requests.Response) -> str:
+    def _parse(self, resp: requests.Response) -> Generation:
         try:
             data = resp.json()
             choice = data["choices"][0]
@@ -194,13 +203,35 @@ class OpenAIAgent(Agent):
                    completion_tokens=int(usage.get("completion_tokens") or 0))
         if self.config.prefill_think and not text.lstrip().startswith(THINK_PREFILL):
             text = THINK_PREFILL + text
-        if choice.get("finish_reason") == "stop":
-            text = restore_stop_string(text, choice.get("stop_reason"), self.config.stop)
-        return text
+        finish = choice.get("finish_reason")
+        stop = None
+        if finish == "stop":
+            restored = restore_stop_string(text, choice.get("stop_reason"), self.config.stop)
+            stop = next((s for s in self.config.stop if restored.endswith(s)), None)
+            text = restored
+        # Token ids and logprobs only travel together: logprobs without their ids stay metadata.
+        logprobs = [float(t["logprob"]) for t in ((choice.get("logprobs") or {}).get("content") or [])
+                    if isinstance(t, dict) and "logprob" in t] or None
+        ids = choice.get("token_ids")  # vLLM with return_token_ids in extra_body
+        ids = [int(i) for i in ids] if isinstance(ids, list) else None
+        paired = logprobs if ids is not None and logprobs is not None and len(ids) == len(logprobs) else None
+        return Generation(
+            text=text,
+            finish_reason=finish if finish in ("length", "abort") else "stop",
+            stop=stop,
+            token_ids=ids,
+            logprobs=paired,
+            prompt_tokens=int(usage["prompt_tokens"]) if usage.get("prompt_tokens") is not None else None,
+            metadata={"server_finish_reason": finish, **({"logprobs": logprobs} if logprobs and not paired else {})},
+        )
 
     # ------------------------------------------------------------------ Agent API
     def act(self, messages: Sequence[Message], info: Mapping[str, Any] | None = None) -> str:
         return self.complete(messages)
+
+    async def aact(self, messages: Sequence[Message], info: Mapping[str, Any] | None = None) -> Generation:
+        """The episode driver's call: a Generation, so the finish reason reaches the env."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.generate, messages)
 
     def act_batch(
         self,
