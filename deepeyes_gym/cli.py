@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 __all__ = ["Command", "register_command", "build_parser", "main", "COMMANDS"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-_MODEL_AGENTS = ("openai", "hf")  # agents that take --model (a served model name / a local dir)
+_MODEL_AGENTS = ("openai", "hf", "vllm")  # agents that take --model (a served model name / a local dir)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,10 @@ _AGENTS: Registry[Agent] = Registry("agent", {
         "deepeyes_gym.agents.hf:HFAgent",
         "in-process Hugging Face transformers model (Qwen2.5-VL or Qwen2) from a local dir; needs model=DIR",
     ),
+    "vllm": (
+        "deepeyes_gym.agents.vllm:VLLMAgent",
+        "in-process vLLM engine (token ids in and out, prefix caching) from a local dir; needs model=DIR",
+    ),
 })
 
 
