@@ -291,3 +291,14 @@ def test_message_checks_the_placeholder_invariant():
     assert Image.open  # PIL available for parts()
     parts = Message("user", "a" + IMAGE_TOKEN + "b", (np.zeros((2, 2, 3), np.uint8),)).parts("array")
     assert [p["type"] for p in parts] == ["text", "image", "text"]
+
+
+def test_a_policy_turn_is_recorded_exactly_as_decoded():
+    """Token-level turns keep every character (a sampled NUL byte token too): the record must
+    decode from the same ids the trainer trains on. Plain str actions are still sanitised."""
+    env = DeepEyesEnv(toy_tasks(1), tools=V1)
+    env.reset(seed=0)
+    env.step(PolicyTurn("<think>a\x00b</think>", n_tokens=5))
+    env.step("<think>c\x00d</think>")
+    turns = env.episode_record().turns
+    assert turns[0].action == "<think>a\x00b</think>" and turns[1].action == "<think>cd</think>"

@@ -15,10 +15,16 @@ from ..envs.turns import FinishReason
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["FinishReason", "STOP_STRINGS", "Generation", "SamplingParams", "TokenPolicy"]
+__all__ = ["FinishReason", "STOP_STRINGS", "BANNED_TOKENS", "Generation", "SamplingParams", "TokenPolicy"]
 
 STOP_STRINGS: tuple[str, ...] = ("</code>", "</tool_call>")
 """DeepEyesV2 stops a turn after a code block or a tool call (kept in the output)."""
+
+
+BANNED_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                 "<|video_pad|>")
+"""Never sampled: the protocol bans the first two; a sampled vision token would be read as an
+image slot by the next forward pass (image tokens no longer matching image features)."""
 
 
 @dataclass

@@ -29,13 +29,12 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from .base import Agent, Message as ChatMessage
-from .generation import Generation, SamplingParams
+from .generation import BANNED_TOKENS, Generation, SamplingParams
 from .render.base import RenderInvariantError, check_image_tokens
 from .render.images import VisionSpec, fit_images, load_image_processor, process_images, spec_of
 
 __all__ = ["HFPolicy", "HFAgent", "sequence_logprobs", "logprob_mismatch", "load_model"]
 
-BANNED_TOKENS = ("<|endoftext|>", "<|im_start|>")
 _LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
@@ -307,6 +306,17 @@ class HFPolicy:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, mm_inputs: Mapping[str, torch.Tensor] | None,
+                   *, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [B, T, V] of a full-sequence forward pass (images in token order), under the
+    model's lock; the one forward every trainer computation goes through."""
+    device = next(model.parameters()).device
+    ids = input_ids.to(device)
+    attn = torch.ones_like(ids) if attention_mask is None else attention_mask.to(device)
+    with model_lock(model):
+        return model(input_ids=ids, attention_mask=attn, use_cache=False, **_mm_kwargs(model, ids, mm_inputs)).logits
+
+
 def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, mm_inputs: Mapping[str, torch.Tensor] | None,
                       response_mask: torch.Tensor, *, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token logprobs of ``input_ids`` under ``model`` (the training forward pass).
@@ -318,13 +328,11 @@ def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, mm_inputs
     squeeze = input_ids.dim() == 1
     ids = input_ids[None] if squeeze else input_ids
     mask = (response_mask[None] if squeeze else response_mask).to(ids.device)
-    device = next(model.parameters()).device
-    ids = ids.to(device)
-    attn = torch.ones_like(ids) if attention_mask is None else (attention_mask[None] if squeeze else attention_mask).to(device)
-    with model_lock(model):
-        logits = model(input_ids=ids, attention_mask=attn, use_cache=False, **_mm_kwargs(model, ids, mm_inputs)).logits
+    attn = None if attention_mask is None else (attention_mask[None] if squeeze else attention_mask)
+    logits = forward_logits(model, ids, mm_inputs, attention_mask=attn)
+    ids = ids.to(logits.device)
     logp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    out = torch.cat([torch.zeros_like(logp[:, :1]), logp], dim=1) * mask.to(logp.dtype)
+    out = torch.cat([torch.zeros_like(logp[:, :1]), logp], dim=1) * mask.to(logp.device, logp.dtype)
     return out[0] if squeeze else out
 
 

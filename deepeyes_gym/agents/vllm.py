@@ -46,11 +46,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .base import Agent, Message as ChatMessage
-from .generation import Generation, SamplingParams
+from .generation import BANNED_TOKENS, Generation, SamplingParams
 
 __all__ = ["VLLMPolicy", "VLLMAgent", "CPU_ENV", "BANNED_TOKENS"]
 
-BANNED_TOKENS = ("<|endoftext|>", "<|im_start|>")
 
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 """Set (where unset) before vLLM is imported on a machine without a GPU (cpu-stack.md)."""

@@ -66,9 +66,9 @@ class Action:
     error: str | None = None
 
 
-def sanitize_text(text: Any, max_chars: int | None = None) -> str:
+def sanitize_text(text: Any, max_chars: int | None = None, *, drop_nul: bool = True) -> str:
     """Make any input a valid, printable Python str: bytes decoded with replacement, lone
-    surrogates replaced, NULs dropped, optionally truncated."""
+    surrogates replaced, NULs dropped (unless ``drop_nul=False``), optionally truncated."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         text = bytes(text).decode("utf-8", errors="replace")
     elif not isinstance(text, str):
@@ -77,7 +77,7 @@ def sanitize_text(text: Any, max_chars: int | None = None) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:
         text = text.encode("utf-8", errors="replace").decode("utf-8")
-    if "\x00" in text:
+    if drop_nul and "\x00" in text:
         text = text.replace("\x00", "")
     if max_chars is not None and len(text) > max_chars:
         text = text[:max_chars]

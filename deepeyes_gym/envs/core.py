@@ -232,7 +232,10 @@ class DeepEyesEnv(gym.Env[dict, "str | PolicyTurn"]):
         if ep is None or ep.done:
             return self._closed_step(ep)
         if isinstance(action, PolicyTurn):
-            text, finish, n_tokens = sanitize_text(action.text), action.finish_reason, action.n_tokens
+            # A policy turn is the decoded text of sampled ids: keep it exactly (a NUL byte token
+            # included), so the record decodes from the same ids the trainer trains on.
+            text = sanitize_text(action.text, drop_nul=False)
+            finish, n_tokens = action.finish_reason, action.n_tokens
         else:
             text, finish, n_tokens = sanitize_text(action), "stop", None
         if n_tokens is None and self.token_counter is not None:
