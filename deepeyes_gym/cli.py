@@ -482,6 +482,85 @@ def _rescore_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ====================================================================== train, curate, plot
+_TRAIN_EPILOG = """examples:
+  deepeyes-gym train sft --config examples/configs/sft_tiny.yaml
+  deepeyes-gym train rl --config examples/configs/rl_cpu.yaml --set steps=4 --set out_dir=runs/rl
+  deepeyes-gym train rl --config FILE --set resume=true      # continue from the latest checkpoint
+"""
+
+
+def _train_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stage", choices=("sft", "rl"), help="sft: cold-start SFT; rl: DAPO (or another algorithm)")
+    p.add_argument("--config", default=None, help="YAML file of the stage's config dataclass")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (dotted keys, YAML values); repeatable")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    try:
+        from .trainers.config import config_to_dict, load_config
+        if args.stage == "sft":
+            from .trainers.sft import SFTConfig as cls, train_sft as train
+        else:
+            from .trainers.rl import RLConfig as cls, train_rl as train
+    except ImportError as exc:
+        print(f"error: training needs the 'train' extra (torch first: pip install torch==2.13.0): {exc}",
+              file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        cfg = load_config(cls, args.config, args.overrides)
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.print_config:
+        print(json.dumps(config_to_dict(cfg), indent=2, default=str))
+        return EXIT_OK
+    result = train(cfg)
+    print(f"done: {result.steps} steps; outputs in {result.out_dir}")
+    return EXIT_OK
+
+
+def _curate_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML file of CurateConfig")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field (e.g. --set base_agent=hf --set base_agent_kwargs.model=DIR)")
+
+
+def _curate_run(args: argparse.Namespace) -> int:
+    from .trainers.config import load_config
+    from .trainers.curate import CurateConfig, curate
+
+    try:
+        cfg = load_config(CurateConfig, args.config, args.overrides)
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    res = curate(cfg)
+    for k, v in res.counts.items():
+        print(f"{k:>32}: {v}")
+    print(f"SFT pool: {res.out_dir / 'sft'}; RL pool: {res.out_dir / 'rl_tasks.json'}")
+    return EXIT_OK
+
+
+def _plot_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a training run folder (holds metrics.jsonl)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png)")
+
+
+def _plot_run(args: argparse.Namespace) -> int:
+    from .trainers.plots import plot_run
+
+    try:
+        path = plot_run(args.run_dir, args.out)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(path)
+    return EXIT_OK
+
+
 # ====================================================================== registry and entry point
 register_command(Command(
     "envs", "list the registered env ids",
@@ -513,6 +592,20 @@ register_command(Command(
     "Probe the isolation the Python code tool can use here (bubblewrap, unshare, or a plain\n"
     "subprocess with rlimits) and the limits it can enforce, and print what is missing.",
     _sandbox_configure, _sandbox_run))
+register_command(Command(
+    "train", "train a policy: cold-start SFT or RL (DAPO, GRPO, Dr.GRPO, PPO-clip, RLOO, REINFORCE++)",
+    "Run a training stage from a YAML config (a dataclass: every field has a docstring; see\n"
+    "--print-config). Checkpoints, metrics.jsonl and the final model go to the config's out_dir.",
+    _train_configure, _train_run, _TRAIN_EPILOG))
+register_command(Command(
+    "curate", "pick SFT and RL tasks: the base model rarely solves them, a tool-using reference does",
+    "Sample the base agent k times per task, keep tasks it solves at most 2 of 8 times where the\n"
+    "reference agent solves them, split them into an SFT pool (stored episodes) and an RL pool.",
+    _curate_configure, _curate_run))
+register_command(Command(
+    "plot", "draw the learning curves of a training run (PNG)",
+    "Plot reward, accuracy, tool use, entropy, KL, clip fractions, mismatch ... against the step.",
+    _plot_configure, _plot_run))
 register_command(Command(
     "rescore", "score the stored episodes of a run again with another reward, without the model",
     "Read the lossless episodes an eval stored (RUN/episodes/), apply a reward preset to each, and\n"

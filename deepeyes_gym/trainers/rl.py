@@ -1,0 +1,481 @@
+"""The RL trainer (the paper's stage 2): DAPO by default, any registered algorithm by name.
+
+One training step, top to bottom, as in the DAPO paper's algorithm box:
+
+  1. sample ``train_batch`` tasks                                  (TaskSampler, seeded, resumable)
+  2. roll out G samples per task with the current policy           (RolloutEngine, token in/out)
+  3. rewards from the env; overlong shaping on the policy's tokens (overlong_penalty)
+  4. dynamic sampling: keep groups with 0 < #correct < G, stream new rounds until exactly
+     ``train_batch`` groups are kept (groups never split, surplus episodes cancelled; at the
+     round cap, train on what was kept, with a warning)
+  5. group advantages                                              (group_advantages)
+  6. old logprobs with the weights that sampled                    (+ rollout/trainer mismatch)
+  7. ``ppo_epochs`` × mini-batches: clipped loss with clip-higher, token-level aggregation over
+     the whole mini-batch, tool-output tokens masked; AdamW, warm-up, grad clipping
+  8. log the diagnostics, checkpoint
+
+The single-process path keeps policy and learner in one model object: the policy samples with
+exactly the weights the learner just wrote (no sync needed); the Ray backend syncs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .algorithms import entropy_from_logits, filter_groups, get_algorithm, group_advantages, overlong_penalty
+from .algorithms import policy_loss, truncated_is_weights
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json
+from .metrics import MetricsLogger
+from .optim import make_optimizer
+
+__all__ = ["RLConfig", "RLResult", "TaskSampler", "train_rl", "collect_groups", "StepBatch"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RLConfig:
+    """RL with DAPO (or another registered algorithm). Defaults are the DeepEyesV2 / DAPO papers'
+    values; the shipped CPU config shrinks the sizes, not the method."""
+
+    model: str = ""
+    """Model directory (Hugging Face checkpoint; the cold-start SFT output for stage 2)."""
+    out_dir: str = "runs/rl"
+    """Checkpoints, metrics.jsonl, curves."""
+    env_id: str = "DeepEyes-RealX-Train-v0"
+    """Env id whose tasks are trained on (its `tasks`: a suite or an unbounded stream)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Env constructor settings (reward preset, tools, max_turns ...)."""
+    task_indices: list[int] | None = None
+    """Train only on these task indices (e.g. curation's RL pool); None: all of them."""
+    task_file: str | None = None
+    """A curation rl_tasks.json whose task_indices to use (overrides task_indices)."""
+    algorithm: str = "dapo"
+    """Registered algorithm: dapo, grpo, drgrpo, ppo, rloo, reinforce_pp, or your own."""
+    clip_low: float | None = None
+    """ε_low (None: the algorithm's; DAPO 0.2)."""
+    clip_high: float | None = None
+    """ε_high, clip-higher (None: the algorithm's; DAPO 0.28, DeepEyesV2 0.30)."""
+    clip_c: float | None = None
+    """Dual-clip constant for negative advantages (None: the algorithm's)."""
+    loss_agg: str | None = None
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum (None: the algorithm's)."""
+    train_batch: int = 256
+    """Groups (tasks) per training step (DeepEyesV2: 256)."""
+    group_size: int = 16
+    """Samples per task, G (DeepEyesV2: 16)."""
+    gen_batch: int | None = None
+    """Tasks per generation round (None: train_batch); over-sample to fill faster."""
+    max_gen_rounds: int = 10
+    """Dynamic sampling's cap on generation rounds per step (<= 0: unlimited)."""
+    mini_batch: int = 512
+    """Trajectories per optimizer update (DAPO: 512 responses)."""
+    ppo_epochs: int = 1
+    """Passes over each step's batch."""
+    lr: float = 1e-6
+    """AdamW learning rate (DeepEyesV2: 1e-6)."""
+    weight_decay: float = 0.1
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_steps: int = 10
+    """Linear warm-up of the learning rate, in optimizer updates."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip."""
+    max_response_tokens: int = 16384
+    """Budget of an episode's response: sampled + tool tokens (DeepEyesV2: 16384)."""
+    max_turn_tokens: int = 4096
+    """At most this many tokens sampled per turn."""
+    max_turns: int = 9
+    """Assistant turns per episode (DeepEyesV2: 9)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling."""
+    overlong_buffer: int = 4096
+    """L_cache of the soft overlong penalty (0: off); L_max = max_response_tokens."""
+    overlong_factor: float = 1.0
+    """Scale of the overlong penalty."""
+    tis_cap: float | None = None
+    """Truncated importance-sampling cap C for the rollout/trainer mismatch (None: off)."""
+    tool_collapse_threshold: float = 0.1
+    """Warn when fewer than this fraction of trajectories call any tool (the collapse alarm)."""
+    steps: int = 100
+    """Training steps."""
+    concurrency: int = 64
+    """Episodes running at once."""
+    episode_timeout_s: float | None = 600.0
+    """Wall-time bound of one episode."""
+    seed: int = 0
+    """Seed of tasks, sampling and torch."""
+    deterministic: bool = False
+    """Bitwise-repeatable losses on CPU (torch deterministic algorithms)."""
+    save_every: int = 10
+    """Checkpoint every N steps (and at the end)."""
+    resume: bool = False
+    """Continue from out_dir's latest checkpoint."""
+    log_to: list[str] = field(default_factory=list)
+    """Extra metric sinks: tensorboard, wandb."""
+    progress: bool = True
+    """A progress bar on the console."""
+    device: str | None = None
+    """cpu, cuda, ... (None: cuda when available)."""
+
+
+@dataclass
+class RLResult:
+    out_dir: Path
+    steps: int
+    losses: list[float]
+    history: list[dict[str, Any]]
+
+
+class TaskSampler:
+    """Serves tasks for training: without replacement through a seeded permutation per epoch
+    (finite suites) or along the stream (unbounded ones). ``position`` is the resumable state."""
+
+    def __init__(self, tasks: Any, indices: Sequence[int] | None, seed: int):
+        self.tasks, self.seed, self.position = tasks, seed, 0
+        finite = hasattr(tasks, "__len__")
+        self.indices = list(indices) if indices is not None else (list(range(len(tasks))) if finite else None)
+        if self.indices is not None and not self.indices:
+            raise ValueError("no tasks to train on")
+
+    def _index(self, k: int) -> int:
+        if self.indices is None:
+            return k
+        epoch, i = divmod(k, len(self.indices))
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.indices))
+        return self.indices[int(perm[i])]
+
+    def next(self, n: int) -> list[tuple[int, Any]]:
+        """The next ``n`` (index, task) pairs, distinct within the call where the pool allows."""
+        out: list[tuple[int, Any]] = []
+        seen: set[int] = set()
+        limit = len(self.indices) if self.indices is not None else n
+        while len(out) < min(n, limit):
+            idx = self._index(self.position)
+            self.position += 1
+            if idx not in seen:
+                seen.add(idx)
+                out.append((idx, self.tasks[idx]))
+        return out
+
+
+@dataclass
+class StepBatch:
+    groups: list[list[Any]]  # accepted groups of trajectories, in task order
+    rounds: int = 0
+    n_groups_seen: int = 0
+    n_filtered: int = 0
+    n_failed_groups: int = 0
+    trajectories_seen: list[Any] = field(default_factory=list)
+
+
+def _shaped_rewards(trajs: Sequence[Any], cfg: RLConfig, shaping: bool) -> list[float]:
+    rewards = [float(t.reward) for t in trajs]
+    if shaping and cfg.overlong_buffer > 0:
+        pen = overlong_penalty(torch.tensor([t.n_sampled for t in trajs]), cfg.max_response_tokens,
+                               min(cfg.overlong_buffer, cfg.max_response_tokens), cfg.overlong_factor)
+        rewards = [r + float(p) for r, p in zip(rewards, pen)]
+    return rewards
+
+
+async def collect_groups(engine: Any, sampler: TaskSampler, *, target: int, group_size: int, gen_batch: int,
+                         max_rounds: int, dynamic: bool, seed: int) -> StepBatch:
+    """Roll out rounds of ``gen_batch`` tasks × G until ``target`` groups are accepted.
+
+    Groups are decided in task order (a group waits for the ones before it), so the kept set does
+    not depend on which episode happened to finish first: runs are reproducible. A group with a
+    failed episode is dropped whole; with ``dynamic``, so is a group whose accuracies are all
+    equal. Once the target is reached the round's unfinished episodes are cancelled.
+    """
+    out = StepBatch(groups=[])
+    while len(out.groups) < target and (max_rounds <= 0 or out.rounds < max_rounds):
+        picked = sampler.next(gen_batch)
+        if not picked:
+            break
+        tasks = [t for _, t in picked]
+        run = engine.start(tasks, group_size, seed=int(np.random.SeedSequence([seed, out.rounds]).generate_state(1)[0]))
+        out.rounds += 1
+        order = [str(t.id) for t in tasks]
+        done: dict[str, list[Any]] = {k: [] for k in order}
+        cursor = 0
+        async for traj in run:
+            out.trajectories_seen.append(traj)
+            done[traj.group].append(traj)
+            while cursor < len(order) and len(done[order[cursor]]) == group_size:
+                group = sorted(done[order[cursor]], key=lambda t: t.sample)
+                cursor += 1
+                out.n_groups_seen += 1
+                if any(not t.ok for t in group):
+                    out.n_failed_groups += 1
+                elif dynamic and not bool(filter_groups(torch.tensor([t.accuracy for t in group]), group_size)[0]):
+                    out.n_filtered += 1
+                else:
+                    out.groups.append(group)
+                if len(out.groups) >= target:
+                    break
+            if len(out.groups) >= target:
+                await run.cancel()
+                break
+    if len(out.groups) < target:
+        log.warning("dynamic sampling: %d of %d groups kept after %d rounds (cap %d); training on the partial batch",
+                    len(out.groups), target, out.rounds, max_rounds)
+    return out
+
+
+def _forward(model: torch.nn.Module, traj: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logprobs [T], entropy [T]) of the trajectory's ids under ``model`` (position 0 is 0)."""
+    from ..agents.hf import forward_logits
+
+    ids = torch.tensor([traj.input_ids])
+    logits = forward_logits(model, ids, traj.mm_inputs or None)[0, :-1].float()
+    ids = ids.to(logits.device)
+    logp = logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    ent = entropy_from_logits(logits)
+    zero = torch.zeros(1, device=logits.device)
+    return torch.cat([zero, logp]), torch.cat([zero, ent])
+
+
+def _full(traj: Any, values: Sequence[float] | Sequence[int]) -> list:
+    return [0] * len(traj.prompt_ids) + list(values)
+
+
+def _tool_metrics(trajs: Sequence[Any], threshold: float) -> dict[str, float]:
+    calls: Counter[str] = Counter()
+    n_tool_turns = n_tool_ok = n_using = 0
+    for t in trajs:
+        used = False
+        for turn in t.turns:
+            if turn.tool:
+                used = True
+                calls[turn.tool] += 1
+                n_tool_turns += 1
+                n_tool_ok += turn.error is None
+        n_using += used
+    n = max(1, len(trajs))
+    out = {"tool_calls_per_traj": sum(calls.values()) / n, "tool_use_rate": n_using / n,
+           "tool_success_rate": n_tool_ok / n_tool_turns if n_tool_turns else 0.0}
+    out.update({f"tool_calls/{k}": v / n for k, v in calls.items()})
+    out["tool_collapse"] = float(out["tool_use_rate"] < threshold)
+    return out
+
+
+def _update(model, opt, trajs, advantages, old_logps, cfg: RLConfig, algo, gen: torch.Generator) -> dict[str, float]:
+    """ppo_epochs × mini-batches; each mini-batch normalised by its own global token count."""
+    sums: Counter[str] = Counter()
+    n_updates = 0
+    ent_sum = ent_n = 0.0
+    losses = []
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(len(trajs), generator=gen).tolist()
+        for start in range(0, len(order), cfg.mini_batch):
+            mb = order[start:start + cfg.mini_batch]
+            n_tok = sum(trajs[i].n_sampled for i in mb)
+            opt.zero_grad(set_to_none=True)
+            mb_loss = 0.0
+            for i in mb:  # micro-batches of one sequence, each scaled by the mini-batch's counts
+                t = trajs[i]
+                logp, ent = _forward(model, t)
+                mask = torch.tensor(_full(t, t.response_mask), dtype=torch.float32, device=logp.device)
+                old = old_logps[i].to(logp.device)
+                isw = None
+                if cfg.tis_cap is not None:
+                    roll = torch.tensor(_full(t, t.logprobs), dtype=torch.float32, device=logp.device)
+                    isw = truncated_is_weights(old, roll, cfg.tis_cap)[None]
+                loss, m = policy_loss(logp[None], old[None], advantages[i:i + 1].to(logp.device), mask[None],
+                                      clip_low=algo.clip_low, clip_high=algo.clip_high, clip_c=algo.clip_c,
+                                      agg=algo.loss_agg, global_tokens=max(n_tok, 1), global_seqs=len(mb),
+                                      is_weights=isw)
+                loss.backward()
+                mb_loss += loss.item()
+                w = t.n_sampled
+                for k, v in m.items():
+                    sums[k] += v * w
+                with torch.no_grad():
+                    ent_sum += float((ent * mask).sum())
+                    ent_n += float(mask.sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            n_updates += 1
+            sums["grad_norm"] += float(grad_norm) * max(n_tok, 1)
+            losses.append(mb_loss)
+    total_w = sum(trajs[i].n_sampled for i in range(len(trajs))) * cfg.ppo_epochs
+    out = {k: v / max(total_w, 1) for k, v in sums.items() if k != "ratio_max"}
+    out["loss"] = float(np.mean(losses)) if losses else 0.0
+    out["entropy"] = ent_sum / max(ent_n, 1)
+    out["updates"] = n_updates
+    return out
+
+
+def train_rl(cfg: RLConfig) -> RLResult:
+    """Run (or resume) RL training as configured; see the module doc for the loop."""
+    import deepeyes_gym  # noqa: F401  (env ids)
+
+    if not cfg.model:
+        raise ValueError("RLConfig.model: give a model directory")
+    algo = get_algorithm(cfg.algorithm)
+    algo = algo.with_overrides(**{k: v for k, v in (("clip_low", cfg.clip_low), ("clip_high", cfg.clip_high),
+                                                     ("clip_c", cfg.clip_c), ("loss_agg", cfg.loss_agg)) if v is not None})
+    torch.manual_seed(cfg.seed)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(cfg.deterministic or was_deterministic)
+    try:
+        return _train(cfg, algo)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _train(cfg: RLConfig, algo: Any) -> RLResult:
+    import gymnasium as gym
+
+    from ..agents.generation import SamplingParams
+    from ..agents.hf import HFPolicy, logprob_mismatch, load_model
+    from ..agents.render.images import load_image_processor
+    from ..agents.render.qwen25vl import Qwen25VLRenderer
+    from ..agents.rollout import RolloutEngine
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {**asdict(cfg), "resolved_algorithm": asdict(algo)})
+
+    # ---------------------------------------------------------------- set-up
+    ckpt = latest_checkpoint(out) if cfg.resume else None
+    model_dir = ckpt / "model" if ckpt else Path(cfg.model)
+    model = load_model(model_dir, device=cfg.device)
+    model.eval()  # no dropout anywhere: sampling and training see the same function
+    from transformers import AutoTokenizer
+
+    proc, spec = load_image_processor(model_dir) if getattr(model.config, "vision_config", None) is not None else (None, None)
+    policy = HFPolicy(model, AutoTokenizer.from_pretrained(model_dir), proc, spec)
+    renderer = Qwen25VLRenderer.from_pretrained(model_dir)
+    env_kwargs = {"max_turns": cfg.max_turns, **cfg.env_kwargs}
+    probe = gym.make(cfg.env_id, **env_kwargs)
+    tasks = probe.get_wrapper_attr("tasks")
+    indices = cfg.task_indices
+    if cfg.task_file:
+        import json
+
+        indices = json.loads(Path(cfg.task_file).read_text())["task_indices"]
+    sampler = TaskSampler(tasks, indices, cfg.seed)
+    sampling = SamplingParams(max_tokens=cfg.max_turn_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    engine = RolloutEngine([probe] + [gym.make(cfg.env_id, **env_kwargs) for _ in range(cfg.concurrency - 1)],
+                           policy, renderer, max_concurrency=cfg.concurrency,
+                           max_response_tokens=cfg.max_response_tokens, sampling=sampling,
+                           episode_timeout_s=cfg.episode_timeout_s)
+    opt, sched = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas),
+                                total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, schedule="constant")
+    update_gen = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, opt, sched, {"update": update_gen})
+        step, sampler.position = state["step"], int(state["extra"]["sampler_position"])
+        log.info("resumed from %s at step %d", ckpt, step)
+    metrics = MetricsLogger(out, sinks=cfg.log_to, run_name=out.name, config=asdict(cfg))
+    bar = _bar(cfg, step)
+    losses: list[float] = []
+    history: list[dict[str, Any]] = []
+
+    def save() -> None:
+        save_checkpoint(out, step, model, opt, sched, model_src=model_dir, generators={"update": update_gen},
+                        extra={"sampler_position": sampler.position})
+
+    try:
+        while step < cfg.steps:
+            t_step = time.perf_counter()
+            # 1–4. tasks → rollouts (G each) → rewards → dynamic sampling
+            t0 = time.perf_counter()
+            batch = asyncio.run(collect_groups(
+                engine, sampler, target=cfg.train_batch, group_size=cfg.group_size,
+                gen_batch=cfg.gen_batch or cfg.train_batch, max_rounds=cfg.max_gen_rounds,
+                dynamic=algo.dynamic_sampling, seed=int(np.random.SeedSequence([cfg.seed, step]).generate_state(1)[0])))
+            gen_s = time.perf_counter() - t0
+            trajs = [t for g in batch.groups for t in g]
+            seen_ok = [t for t in batch.trajectories_seen if t.ok]
+            row: dict[str, Any] = {
+                "reward": _mean([t.reward for t in seen_ok]),
+                "accuracy": _mean([t.accuracy for t in seen_ok]),
+                "format_rate": _mean([float(bool(t.reward_breakdown.get("format_ok"))) for t in seen_ok]),
+                "response_len": _mean([t.n_sampled for t in seen_ok]),
+                "turns": _mean([t.num_turns for t in seen_ok]),
+                "failed_episodes": sum(not t.ok for t in batch.trajectories_seen),
+                "gen_rounds": batch.rounds,
+                "groups_kept": len(batch.groups),
+                "filtered_group_frac": batch.n_filtered / max(1, batch.n_groups_seen),
+                "stop/length": _mean([float(t.stop_reason == "length") for t in seen_ok]),
+                **_tool_metrics(seen_ok, cfg.tool_collapse_threshold),
+                "time/generation_s": gen_s,
+                "time/tools_s": sum(turn.latency_s for t in batch.trajectories_seen for turn in t.turns),
+            }
+            if row["tool_collapse"]:
+                log.warning("tool-use collapse alarm: only %.0f%% of trajectories called a tool (threshold %.0f%%)",
+                            100 * row["tool_use_rate"], 100 * cfg.tool_collapse_threshold)
+            if not trajs:
+                log.warning("step %d: no group was kept; skipping the update", step)
+                step += 1
+                metrics.log(step, row)
+                continue
+            # 3 + 5. overlong shaping, then group advantages
+            rewards = torch.tensor(_shaped_rewards(trajs, cfg, algo.overlong_shaping))
+            adv = group_advantages(rewards, cfg.group_size, algo.advantage)
+            # 6. old logprobs with the weights that sampled; how far the sampler's were
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                old = [_forward(model, t)[0].cpu() for t in trajs]
+            full_mask = [torch.tensor(_full(t, t.response_mask)) for t in trajs]
+            roll = [torch.tensor(_full(t, t.logprobs), dtype=torch.float32) for t in trajs]
+            mm = logprob_mismatch(torch.cat(roll), torch.cat(old), torch.cat(full_mask))
+            row.update({"mismatch_mean_abs": mm["mean_abs"], "mismatch_max_abs": mm["max_abs"],
+                        "mismatch_kl": mm["kl_k3"], "shaped_reward": float(rewards.mean()),
+                        "adv_abs_mean": float(adv.abs().mean())})
+            # 7. updates
+            upd = _update(model, opt, trajs, adv, old, cfg, algo, update_gen)
+            sched.step()
+            row.update(upd)
+            row["time/update_s"] = time.perf_counter() - t0
+            row["time/step_s"] = time.perf_counter() - t_step
+            row["lr"] = sched.get_last_lr()[0]
+            step += 1
+            losses.append(upd["loss"])
+            history.append(row)
+            metrics.log(step, row)
+            if bar is not None:
+                bar.set_postfix({"reward": f"{row['reward']:.3f}", "acc": f"{row['accuracy']:.3f}",
+                                 "tools": f"{row['tool_calls_per_traj']:.2f}"}, refresh=False)
+                bar.update(1)
+            # 8. checkpoint
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                save()
+        save()
+    finally:
+        metrics.close()
+        engine.close()
+        policy.close()
+        if bar is not None:
+            bar.close()
+    return RLResult(out, step, losses, history)
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(np.mean(xs)) if len(xs) else math.nan
+
+
+def _bar(cfg: RLConfig, initial: int):
+    if not cfg.progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=cfg.steps, initial=initial, desc=f"{cfg.algorithm}", unit="step", dynamic_ncols=True)
