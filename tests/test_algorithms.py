@@ -164,3 +164,15 @@ def test_registered_algorithms_and_a_users_own():
         register_algorithm(Algorithm("bad", advantage="missing"))
     with pytest.raises(KeyError):
         get_algorithm("missing")
+
+
+def test_the_custom_algorithm_example_registers_through_a_plugin_path():
+    from pathlib import Path
+
+    from deepeyes_gym.trainers.rl import import_plugin
+
+    import_plugin(str(Path(__file__).parent.parent / "examples" / "custom_algorithm.py"))
+    algo = get_algorithm("rank_grpo")
+    assert algo.advantage == "rank" and not algo.dynamic_sampling
+    adv = group_advantages(T([1.0, -1.0, 0.5, 0.5]), 4, "rank")
+    assert adv.tolist() == [1.0, -1.0, 0.0, 0.0]

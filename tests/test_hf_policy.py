@@ -340,3 +340,20 @@ def test_cli_eval_with_the_hf_agent_on_the_bundled_suite(tmp_path, capsys):
     assert code == 0, out
     records = [json.loads(x) for x in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["status"] == "ok" and r["n_turns"] >= 1 for r in records)
+
+
+def test_hf_agent_passes_the_finish_reason_to_the_env(tmp_path):
+    """A turn cut at max_tokens must end the episode as "length" in eval too, never run."""
+    import asyncio
+
+    from deepeyes_gym.agents.loop import run_episode
+    from deepeyes_gym.envs import DeepEyesEnv
+    from deepeyes_gym.envs.suites.builtin import toy_tasks
+
+    agent = HFAgent(str(tiny_qwen25vl_dir()), max_tokens=3, max_pixels=50176)
+    env = DeepEyesEnv(toy_tasks(1), tools=("python",))
+    out = asyncio.run(run_episode(env, agent, seed=0))
+    agent.close()
+    env.close()
+    assert out.ok and out.episode.stop_reason == "length" and out.episode.turns[0].finish_reason == "length"
+    assert out.episode.turns[0].n_tokens == 3 and out.episode.turns[0].tool is None

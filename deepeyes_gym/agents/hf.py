@@ -368,6 +368,16 @@ class HFAgent(Agent):
         self.prefill = prefill
 
     def act(self, messages: Sequence[ChatMessage], info: Mapping[str, Any] | None = None) -> str:
+        return self.generate(messages).text
+
+    async def aact(self, messages: Sequence[ChatMessage], info: Mapping[str, Any] | None = None) -> Generation:
+        """The episode driver's call: a Generation, so a turn cut at max_tokens reaches the env as
+        ``finish_reason="length"`` (no half-written code runs), as in RL rollouts."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.generate, messages)
+
+    def generate(self, messages: Sequence[ChatMessage]) -> Generation:
+        """One turn: the whole assistant turn text (prefill included) with the policy's finish
+        reason, matched stop string, sampled ids and logprobs."""
         import numpy as np
 
         from ..envs.turns import IMAGE_TOKEN, NEUTRAL_IMAGE, EnvDelta, Message
@@ -387,7 +397,8 @@ class HFAgent(Agent):
             turns.append(Message(m["role"], "".join(text), tuple(images)))
         r = self.renderer.render_initial(EnvDelta(tuple(turns), self.prefill))
         g = self.policy.generate_sync(r.ids, r.images, self.sampling, mm_inputs=r.mm_inputs)
-        return self.prefill + g.text
+        return Generation(self.prefill + g.text, g.finish_reason, g.stop, g.token_ids, g.logprobs, g.prompt_tokens,
+                          g.metadata)
 
     def close(self) -> None:
         self.policy.close()

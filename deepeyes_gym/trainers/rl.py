@@ -62,6 +62,8 @@ class RLConfig:
     """A curation rl_tasks.json whose task_indices to use (overrides task_indices)."""
     algorithm: str = "dapo"
     """Registered algorithm: dapo, grpo, drgrpo, ppo, rloo, reinforce_pp, or your own."""
+    plugins: list[str] = field(default_factory=list)
+    """Modules or .py files imported first, so that they register algorithms, rewards or tools."""
     clip_low: float | None = None
     """ε_low (None: the algorithm's; DAPO 0.2)."""
     clip_high: float | None = None
@@ -325,6 +327,8 @@ def train_rl(cfg: RLConfig) -> RLResult:
 
     if not cfg.model:
         raise ValueError("RLConfig.model: give a model directory")
+    for plugin in cfg.plugins:
+        import_plugin(plugin)
     algo = get_algorithm(cfg.algorithm)
     algo = algo.with_overrides(**{k: v for k, v in (("clip_low", cfg.clip_low), ("clip_high", cfg.clip_high),
                                                      ("clip_c", cfg.clip_c), ("loss_agg", cfg.loss_agg)) if v is not None})
@@ -424,6 +428,7 @@ def _train(cfg: RLConfig, algo: Any) -> RLResult:
             if not trajs:
                 log.warning("step %d: no group was kept; skipping the update", step)
                 step += 1
+                history.append(row)
                 metrics.log(step, row)
                 continue
             # 3 + 5. overlong shaping, then group advantages
@@ -465,6 +470,26 @@ def _train(cfg: RLConfig, algo: Any) -> RLResult:
         if bar is not None:
             bar.close()
     return RLResult(out, step, losses, history)
+
+
+def import_plugin(spec: str) -> None:
+    """Import a module by name, or a ``.py`` file by path (run once per process)."""
+    import importlib
+    import importlib.util
+    import sys
+
+    if not spec.endswith(".py"):
+        importlib.import_module(spec)
+        return
+    name = f"deepeyes_gym_plugin_{Path(spec).stem}"
+    if name in sys.modules:
+        return
+    loader_spec = importlib.util.spec_from_file_location(name, spec)
+    if loader_spec is None or loader_spec.loader is None:
+        raise ImportError(f"cannot import plugin {spec}")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module
+    loader_spec.loader.exec_module(module)
 
 
 def _mean(xs: Sequence[float]) -> float:
