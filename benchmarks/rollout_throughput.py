@@ -36,7 +36,6 @@ from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # tinymodels: the tiny models are built on the spot
 
 import gymnasium as gym  # noqa: E402
 
@@ -217,7 +216,7 @@ def main() -> None:
     ap.add_argument("--backends", default="emulated,hf", help="comma-separated: emulated, hf")
     ap.add_argument("--episodes", type=int, default=64, help="emulated: concurrent episodes (tasks x 2 samples)")
     args = ap.parse_args()
-    from tinymodels import tiny_qwen25vl_dir
+    from deepeyes_gym.agents.tiny import tiny_qwen25vl_dir
 
     from deepeyes_gym.agents.hf import HFPolicy
     from deepeyes_gym.agents.render import Qwen25VLRenderer

@@ -50,12 +50,23 @@ def test_reset_hands_out_the_first_user_turn_and_the_delta():
     delta = info["delta"]
     system, user = delta.messages
     assert system.role == "system" and system.text == env.system_prompt and system.images == ()
-    assert user.role == "user" and obs["text"] == user.text and obs["images"] == user.images
+    assert user.role == "user" and obs["text"] == user.text
+    assert len(obs["images"]) == len(user.images) == 1 and np.array_equal(obs["images"][0], user.images[0])
     assert obs["text"].startswith(IMAGE_TOKEN) and env.system_prompt not in obs["text"]
     assert delta.prefill == "<think>" and delta.stop_reason is None and info["stop_reason"] is None
-    with pytest.raises(ValueError):  # the env's one copy of each image is read-only
-        obs["images"][0][0, 0, 0] = 1
+    with pytest.raises(ValueError):  # the record's images (shared by the task's samples) are read-only
+        user.images[0][0, 0, 0] = 1
+    obs["images"][0][0, 0, 0] = 1  # the observation is the caller's own copy
+    assert not np.shares_memory(obs["images"][0], user.images[0])
     env.close()
+
+
+def test_samples_of_a_task_share_one_decoded_copy_of_its_images():
+    task = toy_tasks(1)[0]
+    a, b = DeepEyesEnv(None, tools=V1), DeepEyesEnv(None, tools=V1)
+    _, ia = a.reset(options={"task": task})
+    _, ib = b.reset(options={"task": task})
+    assert ia["delta"].messages[1].images[0] is ib["delta"].messages[1].images[0]
 
 
 def test_budget_is_checked_before_the_tool_runs():

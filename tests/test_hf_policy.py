@@ -17,7 +17,7 @@ from deepeyes_gym.agents.generation import Generation, SamplingParams, TokenPoli
 from deepeyes_gym.agents.hf import HFAgent, HFPolicy, logprob_mismatch, sequence_logprobs
 from deepeyes_gym.agents.render import Qwen25VLRenderer, RenderInvariantError, check_prefix, concat_mm_inputs
 from deepeyes_gym.envs.turns import EnvDelta, Message
-from tinymodels import tiny_qwen2_dir, tiny_qwen25vl_dir
+from deepeyes_gym.agents.tiny import tiny_qwen2_dir, tiny_qwen25vl_dir
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -16,7 +16,7 @@ from deepeyes_gym.agents.render import (
 )
 from deepeyes_gym.agents.render.images import VisionSpec, fit_image, is_fitted, load_image_processor, spec_of, target_size
 from deepeyes_gym.envs.turns import EnvDelta, Message
-from tinymodels import tiny_qwen25vl_dir
+from deepeyes_gym.agents.tiny import tiny_qwen25vl_dir
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tinymodels import tiny_qwen25vl_dir  # noqa: E402
+from deepeyes_gym.agents.tiny import tiny_qwen25vl_dir  # noqa: E402
 
 from deepeyes_gym.envs.rewards.base import RewardResult  # noqa: E402
 from deepeyes_gym.trainers.metrics import read_metrics  # noqa: E402

@@ -25,7 +25,7 @@ from deepeyes_gym.agents.hf import HFPolicy, sequence_logprobs
 from deepeyes_gym.agents.render import Qwen25VLRenderer
 from deepeyes_gym.agents.rollout import RolloutEngine, episode_seed, mismatch_report
 from deepeyes_gym.agents.trajectory import load_trajectories, save_trajectories
-from tinymodels import tiny_qwen25vl_dir
+from deepeyes_gym.agents.tiny import tiny_qwen25vl_dir
 
 pytestmark = pytest.mark.timeout(300)
 

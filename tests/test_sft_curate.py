@@ -10,7 +10,7 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tinymodels import tiny_qwen25vl_dir  # noqa: E402
+from deepeyes_gym.agents.tiny import tiny_qwen25vl_dir  # noqa: E402
 
 from deepeyes_gym import cli  # noqa: E402
 from deepeyes_gym.agents.render.qwen25vl import Qwen25VLRenderer  # noqa: E402

@@ -25,7 +25,7 @@ from deepeyes_gym.agents.hf import load_model, logprob_mismatch, sequence_logpro
 from deepeyes_gym.agents.render import Qwen25VLRenderer, RenderInvariantError
 from deepeyes_gym.agents.vllm import VLLMAgent, VLLMPolicy
 from deepeyes_gym.envs.turns import EnvDelta, Message
-from tinymodels import tiny_qwen2_dir
+from deepeyes_gym.agents.tiny import tiny_qwen2_dir
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(300)]
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from .actions import Action, parse_action, sanitize_text
 from .episode import Episode, Turn
+from .image_cache import TaskImages, task_images
 from .messages import render_messages, transcript
 from .prompts import build_system_prompt, user_prompt
 from .rewards import resolve_reward
@@ -165,28 +166,28 @@ class DeepEyesEnv(gym.Env[dict, "str | PolicyTurn"]):
         self._cursor += 1
         return idx
 
-    def _pick_task(self, seed: int | None, options: Mapping[str, Any]) -> tuple[Task, list, list]:
-        """Return (task, PIL images, skipped) — tasks whose images cannot be read are skipped."""
+    def _pick_task(self, seed: int | None, options: Mapping[str, Any]) -> tuple[Task, TaskImages, list]:
+        """Return (task, its decoded images, skipped) — tasks whose images cannot be read are skipped."""
         if "task" in options:
             task = options["task"]
             if not isinstance(task, Task):
                 raise TypeError(f"options['task'] must be a Task, not {type(task).__name__}")
-            return task, task.load_images(), []
+            return task, task_images(task), []
         if self.tasks is None:
             raise ValueError("this env has no task list (tasks=None): pass reset(options={'task': task})")
         if "task_index" in options:
             task = self.tasks[int(options["task_index"])]
-            return task, task.load_images(), []  # an explicit pick reports a broken image
+            return task, task_images(task), []  # an explicit pick reports a broken image
         if "task_id" in options:
             matches = [t for t in self.tasks if t.id == options["task_id"]] if self._finite else []
             if not matches:
                 raise KeyError(f"no task with id {options['task_id']!r}")
-            return matches[0], matches[0].load_images(), []
+            return matches[0], task_images(matches[0]), []
         skipped: list[tuple[str, str]] = []
         for attempt in range(16):
             task = self.tasks[self._next_index(seed is not None and attempt == 0)]
             try:
-                return task, task.load_images(), skipped
+                return task, task_images(task), skipped
             except TaskImageError as exc:
                 log.warning("skipping task %s: %s", task.id, exc)
                 skipped.append((task.id, str(exc)))
@@ -200,7 +201,7 @@ class DeepEyesEnv(gym.Env[dict, "str | PolicyTurn"]):
         self._episode = None
         self._aborted = False
         try:
-            task, images, skipped = self._pick_task(seed, options or {})
+            task, decoded, skipped = self._pick_task(seed, options or {})
         except Exception as exc:
             self._reset_error = f"{type(exc).__name__}: {exc}"
             raise
@@ -209,7 +210,8 @@ class DeepEyesEnv(gym.Env[dict, "str | PolicyTurn"]):
         self._url_cache = {}
         public = task.public_info()
         public["family"] = task.metadata.get("family") if task.metadata else None
-        self._tool_ctx = ToolContext(task_id=task.id, images=images, turn=0, public_info=public, task=task)
+        # The G samples of a task share one decoded copy of its images (see image_cache).
+        self._tool_ctx = ToolContext(task_id=task.id, images=list(decoded.pil), turn=0, public_info=public, task=task)
         self._tool_start_errors = {}
         for tool in self.tools.values():
             try:
@@ -217,12 +219,13 @@ class DeepEyesEnv(gym.Env[dict, "str | PolicyTurn"]):
             except Exception as exc:  # a tool that cannot start is reported on use, not fatal
                 log.warning("tool %s failed to start: %s", tool.name, exc)
                 self._tool_start_errors[tool.name] = f"{type(exc).__name__}: {exc}"
-        arrays = tuple(_readonly(np.asarray(im.convert("RGB") if im.mode != "RGB" else im, dtype=np.uint8))
-                       for im in images)
+        arrays = decoded.arrays  # shared by the task's samples, read-only
         question, _ = clip_middle(sanitize_text(task.prompt_text()), self.max_obs_chars)
         user = Message("user", user_prompt(neutralize_placeholders(question), len(arrays)), arrays)
         self._episode = Episode(task=task, system_prompt=self.system_prompt, prompt=user)
-        obs = {"text": user.text, "images": user.images}
+        # The observation gets its own copy: Gymnasium's contract is that no two calls return
+        # shared memory (users keep what they were given); the record keeps the shared arrays.
+        obs = {"text": user.text, "images": tuple(np.array(a) for a in arrays)}
         delta = EnvDelta((Message("system", self.system_prompt), user), THINK_PREFILL, None)
         info = dict(public, turn=0, skipped_tasks=skipped, delta=delta, stop_reason=None)
         return obs, info

@@ -49,7 +49,8 @@ class RLConfig:
     values; the shipped CPU config shrinks the sizes, not the method."""
 
     model: str = ""
-    """Model directory (Hugging Face checkpoint; the cold-start SFT output for stage 2)."""
+    """Model directory (Hugging Face checkpoint; the cold-start SFT output for stage 2); "tiny"
+    builds a random-weight Qwen2.5-VL on the spot (smoke runs)."""
     out_dir: str = "runs/rl"
     """Checkpoints, metrics.jsonl, curves."""
     env_id: str = "DeepEyes-RealX-Train-v0"
@@ -100,6 +101,10 @@ class RLConfig:
     """At most this many tokens sampled per turn."""
     max_turns: int = 9
     """Assistant turns per episode (DeepEyesV2: 9)."""
+    max_pixels: int | None = None
+    """Per-image pixel cap before rendering (None: the image processor's; Qwen2.5-VL 12.8M)."""
+    episode_max_pixels: int | None = None
+    """Pixel budget over all images of one episode (None: unbounded)."""
     temperature: float = 1.0
     """Sampling temperature."""
     top_p: float = 1.0
@@ -132,6 +137,10 @@ class RLConfig:
     """A progress bar on the console."""
     device: str | None = None
     """cpu, cuda, ... (None: cuda when available)."""
+    backend: str = "local"
+    """local: one process; ray: rollout actors + a DeepSpeed learner group (settings in `ray`)."""
+    ray: dict[str, Any] = field(default_factory=dict)
+    """RayConfig fields (trainers/ray_backend/config.py) when backend is ray."""
 
 
 @dataclass
@@ -329,6 +338,12 @@ def train_rl(cfg: RLConfig) -> RLResult:
         raise ValueError("RLConfig.model: give a model directory")
     for plugin in cfg.plugins:
         import_plugin(plugin)
+    if cfg.backend == "ray":
+        from .ray_backend import RayConfig, train_rl_ray
+
+        return train_rl_ray(cfg, RayConfig(**cfg.ray))
+    if cfg.backend != "local":
+        raise ValueError(f"RLConfig.backend must be 'local' or 'ray', not {cfg.backend!r}")
     algo = get_algorithm(cfg.algorithm)
     algo = algo.with_overrides(**{k: v for k, v in (("clip_low", cfg.clip_low), ("clip_high", cfg.clip_high),
                                                      ("clip_c", cfg.clip_c), ("loss_agg", cfg.loss_agg)) if v is not None})
@@ -355,15 +370,18 @@ def _train(cfg: RLConfig, algo: Any) -> RLResult:
     write_json(out / "config.json", {**asdict(cfg), "resolved_algorithm": asdict(algo)})
 
     # ---------------------------------------------------------------- set-up
+    from ..agents.tiny import model_dir as resolve_model
+
     ckpt = latest_checkpoint(out) if cfg.resume else None
-    model_dir = ckpt / "model" if ckpt else Path(cfg.model)
+    model_dir = ckpt / "model" if ckpt else resolve_model(cfg.model)
     model = load_model(model_dir, device=cfg.device)
     model.eval()  # no dropout anywhere: sampling and training see the same function
     from transformers import AutoTokenizer
 
     proc, spec = load_image_processor(model_dir) if getattr(model.config, "vision_config", None) is not None else (None, None)
     policy = HFPolicy(model, AutoTokenizer.from_pretrained(model_dir), proc, spec)
-    renderer = Qwen25VLRenderer.from_pretrained(model_dir)
+    renderer = Qwen25VLRenderer.from_pretrained(model_dir, max_pixels=cfg.max_pixels,
+                                                episode_max_pixels=cfg.episode_max_pixels)
     env_kwargs = {"max_turns": cfg.max_turns, **cfg.env_kwargs}
     probe = gym.make(cfg.env_id, **env_kwargs)
     tasks = probe.get_wrapper_attr("tasks")

@@ -33,7 +33,8 @@ class SFTConfig:
     vision tower frozen)."""
 
     model: str = ""
-    """Model directory (a Hugging Face checkpoint: Qwen2.5-VL or a text Qwen2)."""
+    """Model directory (a Hugging Face checkpoint: Qwen2.5-VL or a text Qwen2); "tiny" builds a
+    random-weight Qwen2.5-VL on the spot (smoke runs)."""
     data: list[str] = field(default_factory=list)
     """Episode stores (an eval run folder or its episodes/), or DeepEyesV2 SFT JSON files."""
     out_dir: str = "runs/sft"
@@ -120,8 +121,11 @@ def train_sft(cfg: SFTConfig) -> SFTResult:
     from ..agents.hf import load_model
     from ..agents.render.qwen25vl import Qwen25VLRenderer
 
+    from ..agents.tiny import model_dir as resolve_model
+
     if not cfg.model:
         raise ValueError("SFTConfig.model: give a model directory")
+    cfg.model = str(resolve_model(cfg.model))
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)

@@ -1,4 +1,7 @@
-"""Tiny random-weight models built on the spot, for tests and benchmarks (no hub downloads).
+"""Tiny random-weight models built on the spot, for smoke runs, tests and benchmarks (no hub downloads).
+
+``model_dir("tiny")`` (what configs mean by ``model: tiny``) is the Qwen2.5-VL one; any other
+value is taken as a model directory.
 
 * :func:`tiny_tokenizer_dir` - a ByteLevel BPE trained here on DeepEyesV2-style text, with the
   Qwen special tokens appended after the learned vocabulary (as in Qwen's own tokenizer) and
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = [
-    "SPECIAL_TOKENS", "ADDED_TOKENS", "QWEN2_VL_CHAT_TEMPLATE", "tiny_tokenizer_dir",
+    "model_dir", "SPECIAL_TOKENS", "ADDED_TOKENS", "QWEN2_VL_CHAT_TEMPLATE", "tiny_tokenizer_dir",
     "tiny_qwen25vl_dir", "tiny_qwen2_dir", "cache_root", "build_times",
 ]
 
@@ -320,7 +323,17 @@ def tiny_qwen2_dir() -> Path:
     return _cached("qwen2", _build_qwen2)
 
 
-if __name__ == "__main__":  # python tests/tinymodels.py: build (or find) all three and time it
+def model_dir(spec: str | Path) -> Path:
+    """A model directory: ``"tiny"`` builds (or finds) the random-weight Qwen2.5-VL, ``"tiny-text"``
+    the text-only Qwen2; anything else is a path."""
+    if str(spec) == "tiny":
+        return tiny_qwen25vl_dir()
+    if str(spec) == "tiny-text":
+        return tiny_qwen2_dir()
+    return Path(spec)
+
+
+if __name__ == "__main__":  # python -m deepeyes_gym.agents.tiny: build (or find) all three and time it
     t0 = time.perf_counter()
     for fn in (tiny_tokenizer_dir, tiny_qwen25vl_dir, tiny_qwen2_dir):
         print(fn.__name__, fn())

@@ -1,0 +1,77 @@
+"""The Ray backend's settings; the RL method's settings stay in :class:`~..rl.RLConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["RayConfig"]
+
+
+@dataclass
+class RayConfig:
+    """Where and how the RL loop runs on a Ray cluster (``RLConfig.backend = "ray"``)."""
+
+    address: str | None = None
+    """Cluster to join ("auto", "ray://host:10001"); None: join a running one if any, else start a local one."""
+    num_cpus: int | None = None
+    """Logical CPUs of a local cluster started here (None: Ray's count)."""
+    rollout_workers: int = 2
+    """Rollout actors; each holds one policy engine and its own envs (the env-worker pool)."""
+    rollout_backend: Literal["hf", "vllm"] = "hf"
+    """hf: transformers generate (multimodal on CPU); vllm: a vLLM engine (text models on CPU)."""
+    worker_concurrency: int | None = None
+    """Episodes running at once per rollout worker (None: RLConfig.concurrency / rollout_workers)."""
+    cpus_per_rollout_worker: float = 1.0
+    """Logical CPUs reserved per rollout actor (sandboxes run inside it)."""
+    gpus_per_rollout_worker: float = 0.0
+    """GPUs per rollout actor (0 on CPU; 1 for a separated layout; a fraction to colocate)."""
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra vLLM EngineArgs (tensor_parallel_size, gpu_memory_utilization, max_model_len ...)."""
+    learners: int = 2
+    """Data-parallel learner ranks (one Ray actor each, one torch.distributed group)."""
+    learner_strategy: Literal["deepspeed"] = "deepspeed"
+    """Sharding engine of the learner group (DeepSpeed ZeRO)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage: 2 (optimizer state + gradients sharded) or 3 (+ parameters)."""
+    cpus_per_learner: float = 1.0
+    """Logical CPUs per learner rank."""
+    gpus_per_learner: float = 0.0
+    """GPUs per learner rank (1 on a GPU cluster)."""
+    dist_backend: Literal["gloo", "nccl"] = "gloo"
+    """Collective backend of the learner group (gloo on CPU, nccl on GPUs)."""
+    master_port: int | None = None
+    """TCP port of the learner group's rendezvous (None: a free one; give distinct ones to parallel runs)."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Placement-group strategy for the learner ranks (STRICT_PACK keeps a group on one node)."""
+    async_mode: bool = False
+    """Overlap the generation of step k+1 with the update of step k (off: strictly on-policy)."""
+    max_staleness: int = 1
+    """Async: at most this many weight versions between a trajectory's sampler and the trained
+    policy; groups with a staler trajectory are dropped before the update, never trained on."""
+    call_timeout_s: float = 900.0
+    """Bound on one learner call (an update, a checkpoint): a hang fails fast with the call's name."""
+    sync_timeout_s: float = 120.0
+    """Bound on one weight transfer to the workers and on the probe check."""
+    probe_tol: float = 1e-5
+    """Max |Δlogp| between a worker's and the learner's logprobs of the probe after a sync."""
+    probe_tokens: int = 8
+    """Tokens the probe generates greedily (its logprobs are compared)."""
+    max_restarts: int = 3
+    """Restarts of a dead rollout worker (its unfinished episodes re-run on a live worker)."""
+    max_episode_retries: int = 3
+    """Re-runs of one episode lost to worker deaths before the run fails."""
+    env_vars: dict[str, str] = field(default_factory=dict)
+    """Extra environment of every actor (runtime_env), e.g. NCCL or vLLM settings."""
+    torch_extensions_dir: str | None = None
+    """Where DeepSpeed JIT-builds its ops (None: <venv>/torch_extensions, built once per venv)."""
+
+    def __post_init__(self) -> None:
+        if self.rollout_workers < 1 or self.learners < 1:
+            raise ValueError("rollout_workers and learners must be >= 1")
+        if self.zero_stage not in (1, 2, 3):
+            raise ValueError(f"zero_stage must be 1, 2 or 3, not {self.zero_stage}")
+        if self.max_staleness < 0:
+            raise ValueError("max_staleness must be >= 0")
+        if self.async_mode and self.max_staleness < 1:
+            raise ValueError("async_mode needs max_staleness >= 1 (the next step samples with the previous weights)")

@@ -1,0 +1,320 @@
+"""Rollout workers as Ray actors, and the driver-side engine that spreads episodes over them.
+
+A :class:`RolloutWorker` holds one policy (HF or vLLM), the renderer and its own envs (the
+env-worker pool lives in the actor, next to the engine that waits on it) and plays single
+episodes through :class:`~deepeyes_gym.agents.rollout.RolloutEngine`. The driver-side
+:class:`RayRolloutEngine` has the local engine's ``start(tasks, G, seed=...)`` interface, so
+``rl.collect_groups`` (dynamic sampling, in-order decisions) runs on it unchanged, and the
+episodes' seeds are the local engine's: the same run seed gives the same trajectories whichever
+worker plays them. A worker that dies mid-round is restarted by Ray (``max_restarts``); its
+unfinished episodes are re-run on a live worker, and every uid is yielded exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+__all__ = ["RolloutWorker", "WorkerPool", "RayRolloutEngine", "RayRolloutRun", "EpisodeLostError"]
+
+log = logging.getLogger(__name__)
+
+
+class EpisodeLostError(RuntimeError):
+    """An episode could not be played: every retry landed on a dying worker."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a rollout actor is built from (also what Ray re-runs on a restart)."""
+
+    model_dir: str
+    env_id: str
+    env_kwargs: dict[str, Any]
+    backend: str  # "hf" | "vllm"
+    concurrency: int
+    max_response_tokens: int
+    max_turn_tokens: int
+    temperature: float
+    top_p: float
+    episode_timeout_s: float | None
+    vllm_kwargs: dict[str, Any]
+    plugins: tuple[str, ...] = ()
+
+
+class RolloutWorker:
+    """One rollout actor (async: its episodes share one event loop; generation and env steps run
+    in their own threads). Created by :class:`WorkerPool` as a Ray actor."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        import gymnasium as gym
+
+        import deepeyes_gym  # noqa: F401  (env ids)
+
+        from ...agents.generation import SamplingParams
+        from ...agents.render.qwen25vl import Qwen25VLRenderer
+        from ...agents.rollout import RolloutEngine
+        from ..rl import import_plugin
+
+        for p in spec.plugins:
+            import_plugin(p)
+        self.spec = spec
+        self.policy = _make_policy(spec)
+        renderer = Qwen25VLRenderer.from_pretrained(spec.model_dir)
+        sampling = SamplingParams(max_tokens=spec.max_turn_tokens, temperature=spec.temperature, top_p=spec.top_p)
+        self.engine = RolloutEngine(lambda: gym.make(spec.env_id, **spec.env_kwargs), self.policy, renderer,
+                                    max_concurrency=spec.concurrency, max_response_tokens=spec.max_response_tokens,
+                                    sampling=sampling, episode_timeout_s=spec.episode_timeout_s)
+        self._slots: asyncio.Semaphore | None = None  # made on the actor's loop, on first use
+
+    async def run_episode(self, task: Any, task_index: int, sample: int, seed: int) -> Any:
+        """Play one episode (the local engine's seed scheme) and return its Trajectory."""
+        from ...agents.rollout import RolloutRun, _Job
+
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.spec.concurrency)
+        async with self._slots:
+            run = RolloutRun(self.engine, [_Job(task, task_index, sample, seed)], None)
+            (traj,) = await run.wait()
+        return traj
+
+    def abort(self, uid: str) -> bool:
+        """Abort the running episode ``uid`` (it returns an aborted trajectory)."""
+        return self.engine.abort(uid)
+
+    def version(self) -> int:
+        """The weight version the worker samples with (0: the model dir's weights)."""
+        return self.engine.weight_version
+
+    async def load_weights(self, state: dict[str, Any], version: int) -> int:
+        """Install new weights, stamped ``version``; returns it. Runs off the event loop, under the
+        model lock for HF (a generation never sees half-loaded weights)."""
+        await asyncio.get_running_loop().run_in_executor(None, self._load, state)
+        self.engine.weight_version = version
+        return version
+
+    def _load(self, state: dict[str, Any]) -> None:
+        if self.spec.backend == "vllm":
+            self.policy.load_weights(state)  # reloads, then resets the prefix cache
+            return
+        from ...agents.hf import model_lock
+
+        with model_lock(self.policy.model):
+            missing, unexpected = self.policy.model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
+            raise RuntimeError(f"weight sync: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    async def probe(self, prompt_ids: list[int], n_tokens: int) -> tuple[list[int], list[float]]:
+        """Greedy ``n_tokens`` from ``prompt_ids`` with their logprobs: the post-sync probe."""
+        from ...agents.generation import SamplingParams
+
+        gen = await self.policy.generate(list(prompt_ids), [], SamplingParams(
+            max_tokens=n_tokens, temperature=0.0, stop=(), seed=0), request_id=f"probe-{os.getpid()}")
+        return list(gen.token_ids or []), list(gen.logprobs or [])
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def shutdown(self) -> None:
+        self.engine.close()
+        self.policy.close()
+
+
+def _make_policy(spec: WorkerSpec) -> Any:
+    if spec.backend == "vllm":
+        from ...agents.vllm import VLLMPolicy
+
+        return VLLMPolicy.from_pretrained(spec.model_dir, **spec.vllm_kwargs)
+    if spec.backend != "hf":
+        raise ValueError(f"rollout_backend must be 'hf' or 'vllm', not {spec.backend!r}")
+    from ...agents.hf import HFPolicy
+
+    return HFPolicy.from_pretrained(spec.model_dir, device="cuda" if _has_cuda() else "cpu")
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class WorkerPool:
+    """The rollout actors, the weights they should hold, and their restarts.
+
+    ``state_ref``/``version`` are the last pushed weights: a worker that comes back from a restart
+    (at the model dir's weights, version 0) gets them again before it plays anything.
+    """
+
+    def __init__(self, spec: WorkerSpec, n: int, *, num_cpus: float = 1.0, num_gpus: float = 0.0,
+                 max_restarts: int = 3, env_vars: dict[str, str] | None = None, timeout_s: float = 120.0) -> None:
+        import ray
+
+        env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **(env_vars or {})}
+        if spec.backend == "vllm":
+            from ...agents.vllm import CPU_ENV
+
+            env = {**CPU_ENV, **env} if not num_gpus else env
+        cls = ray.remote(RolloutWorker)
+        self.spec, self.timeout_s = spec, timeout_s
+        self.workers = [cls.options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
+                                    max_concurrency=max(64, 4 * spec.concurrency), runtime_env={"env_vars": env},
+                                    name=None).remote(spec) for _ in range(n)]
+        self.state_ref: Any = None
+        self.version = 0
+        self._next = 0
+        from .sync import timed_get
+
+        timed_get([w.ping.remote() for w in self.workers], timeout_s, "starting the rollout workers")
+
+    def pick(self, exclude: int | None = None) -> int:
+        """Round-robin index of the next worker (skipping ``exclude``, a worker just found dead)."""
+        for _ in range(len(self.workers)):
+            i, self._next = self._next, (self._next + 1) % len(self.workers)
+            if i != exclude or len(self.workers) == 1:
+                return i
+        return 0
+
+    async def ensure_current(self, i: int) -> None:
+        """Wait for worker ``i`` to be reachable and give it the pool's weights if it lacks them."""
+        import ray
+
+        w = self.workers[i]
+        for attempt in range(int(self.timeout_s * 2)):
+            try:
+                version = await asyncio.wait_for(_aw(w.version.remote()), self.timeout_s)
+                break
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.ActorDiedError):
+                if attempt == int(self.timeout_s * 2) - 1:
+                    raise
+                await asyncio.sleep(0.5)  # restarting: Ray re-runs __init__
+        if version != self.version and self.state_ref is not None:
+            await asyncio.wait_for(_aw(w.load_weights.remote(self.state_ref, self.version)), self.timeout_s)
+            log.info("rollout worker %d was behind (v%d): resynced to v%d", i, version, self.version)
+
+    def close(self) -> None:
+        import ray
+
+        for w in self.workers:
+            try:
+                ray.get(w.shutdown.remote(), timeout=30)
+            except Exception:  # a dead worker has nothing to close
+                pass
+            ray.kill(w, no_restart=True)
+        self.workers = []
+
+
+def _aw(ref: Any) -> Any:
+    """An ObjectRef as an awaitable future (asyncio.wait needs futures)."""
+    return asyncio.wrap_future(ref.future())
+
+
+class RayRolloutEngine:
+    """The :class:`~deepeyes_gym.agents.rollout.RolloutEngine` interface over a :class:`WorkerPool`."""
+
+    def __init__(self, pool: WorkerPool, *, max_episode_retries: int = 3) -> None:
+        self.pool = pool
+        self.max_episode_retries = max_episode_retries
+
+    def start(self, tasks: Sequence[Any], n_samples: int, *, seed: int = 0) -> "RayRolloutRun":
+        from ...agents.rollout import episode_seed
+
+        jobs = [(t, i, s, episode_seed(seed, i, s)) for i, t in enumerate(tasks) for s in range(n_samples)]
+        if len({f"{t.id}:{s}" for t, _, s, _ in jobs}) != len(jobs):
+            raise ValueError("task ids must be unique within one collect")
+        return RayRolloutRun(self, jobs)
+
+    async def collect(self, tasks: Sequence[Any], n_samples: int, *, seed: int = 0) -> list[Any]:
+        """Every trajectory, in task-major order."""
+        run = self.start(tasks, n_samples, seed=seed)
+        got = {t.uid: t async for t in run}
+        return [got[f"{t.id}:{s}"] for t, _, s, _ in run.jobs]
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class RayRolloutRun:
+    """A started collection over the pool: ``async for`` yields each episode's trajectory once, as
+    it finishes; ``abort(uid)``/``cancel()`` as in the local run. ``resubmitted`` counts episodes
+    re-run because their worker died."""
+
+    def __init__(self, engine: RayRolloutEngine, jobs: list[tuple[Any, int, int, int]]) -> None:
+        self.engine, self.pool, self.jobs = engine, engine.pool, jobs
+        self._job = {f"{t.id}:{s}": j for j in jobs for t, s in [(j[0], j[2])]}
+        self._inflight: dict[asyncio.Future, tuple[str, int]] = {}  # future -> (uid, worker)
+        self._where: dict[str, int] = {}
+        self._tries: dict[str, int] = {}
+        self._yielded: set[str] = set()
+        self._cancelled = False
+        self.resubmitted = 0
+        self._started = False
+
+    def _submit(self, uid: str, worker: int) -> None:
+        task, i, s, seed = self._job[uid]
+        fut = _aw(self.pool.workers[worker].run_episode.remote(task, i, s, seed))
+        self._inflight[fut] = (uid, worker)
+        self._where[uid] = worker
+
+    def __aiter__(self) -> "RayRolloutRun":
+        return self
+
+    async def __anext__(self) -> Any:
+        import ray
+
+        if not self._started:
+            self._started = True
+            # a worker back from a restart holds the model dir's weights: resync it first
+            await asyncio.gather(*(self.pool.ensure_current(i) for i in range(len(self.pool.workers))))
+            for uid in self._job:
+                self._submit(uid, self.pool.pick())
+        while self._inflight:
+            done, _ = await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                uid, worker = self._inflight.pop(fut)
+                try:
+                    traj = fut.result()
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                    if self._cancelled:
+                        continue
+                    await self._rerun(uid, worker, exc)
+                    continue
+                if uid in self._yielded or (self._cancelled and traj.error == "aborted"):
+                    continue
+                self._yielded.add(uid)
+                return traj  # the other done futures stay in _inflight: the next wait returns them
+        raise StopAsyncIteration
+
+    async def _rerun(self, uid: str, dead: int, exc: BaseException) -> None:
+        self._tries[uid] = self._tries.get(uid, 0) + 1
+        if self._tries[uid] > self.engine.max_episode_retries:
+            raise EpisodeLostError(f"episode {uid} lost {self._tries[uid]} times to dying workers: {exc}") from exc
+        target = self.pool.pick(exclude=dead)
+        await self.pool.ensure_current(target)
+        self.resubmitted += 1
+        log.warning("rollout worker %d died (%s); re-running episode %s on worker %d", dead,
+                    type(exc).__name__, uid, target)
+        self._submit(uid, target)
+
+    @property
+    def pending(self) -> list[str]:
+        return [uid for uid, _ in self._inflight.values()]
+
+    def abort(self, uid: str) -> bool:
+        if uid not in self._where or uid in self._yielded:
+            return False
+        self.pool.workers[self._where[uid]].abort.remote(uid)
+        return True
+
+    async def cancel(self) -> list[Any]:
+        """Abort every unfinished episode and wait for them (their trajectories are dropped)."""
+        self._cancelled = True
+        for uid in self.pending:
+            self.abort(uid)
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=self.pool.timeout_s)
+        self._inflight.clear()
+        return []
