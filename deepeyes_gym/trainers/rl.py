@@ -413,6 +413,16 @@ def _train(cfg: RLConfig, algo: Any) -> RLResult:
         save_checkpoint(out, step, model, opt, sched, model_src=model_dir, generators={"update": update_gen},
                         extra={"sampler_position": sampler.position})
 
+    def finish_step(row: dict[str, Any]) -> None:
+        history.append(row)
+        metrics.log(step, row)
+        if bar is not None:
+            bar.set_postfix({"reward": f"{row['reward']:.3f}", "acc": f"{row['accuracy']:.3f}",
+                             "tools": f"{row['tool_calls_per_traj']:.2f}"}, refresh=False)
+            bar.update(1)
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+            save()
+
     try:
         while step < cfg.steps:
             t_step = time.perf_counter()
@@ -446,8 +456,7 @@ def _train(cfg: RLConfig, algo: Any) -> RLResult:
             if not trajs:
                 log.warning("step %d: no group was kept; skipping the update", step)
                 step += 1
-                history.append(row)
-                metrics.log(step, row)
+                finish_step(row)  # the sampler moved on: a resume must not replay these tasks
                 continue
             # 3 + 5. overlong shaping, then group advantages
             rewards = torch.tensor(_shaped_rewards(trajs, cfg, algo.overlong_shaping))
@@ -471,15 +480,8 @@ def _train(cfg: RLConfig, algo: Any) -> RLResult:
             row["lr"] = sched.get_last_lr()[0]
             step += 1
             losses.append(upd["loss"])
-            history.append(row)
-            metrics.log(step, row)
-            if bar is not None:
-                bar.set_postfix({"reward": f"{row['reward']:.3f}", "acc": f"{row['accuracy']:.3f}",
-                                 "tools": f"{row['tool_calls_per_traj']:.2f}"}, refresh=False)
-                bar.update(1)
-            # 8. checkpoint
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                save()
+            # 8. log, checkpoint
+            finish_step(row)
         save()
     finally:
         metrics.close()
