@@ -378,24 +378,10 @@ class HFAgent(Agent):
     def generate(self, messages: Sequence[ChatMessage]) -> Generation:
         """One turn: the whole assistant turn text (prefill included) with the policy's finish
         reason, matched stop string, sampled ids and logprobs."""
-        import numpy as np
+        from ..envs.turns import EnvDelta
+        from .render.base import chat_to_messages
 
-        from ..envs.turns import IMAGE_TOKEN, NEUTRAL_IMAGE, EnvDelta, Message
-
-        turns = []
-        for m in messages:
-            content = m["content"]
-            if isinstance(content, str):
-                content = [{"type": "text", "text": content}]
-            text, images = [], []
-            for part in content:
-                if part.get("type") == "text":  # images come from image parts only
-                    text.append(part["text"].replace(IMAGE_TOKEN, NEUTRAL_IMAGE))
-                else:
-                    text.append(IMAGE_TOKEN)
-                    images.append(np.asarray(part["image"]))
-            turns.append(Message(m["role"], "".join(text), tuple(images)))
-        r = self.renderer.render_initial(EnvDelta(tuple(turns), self.prefill))
+        r = self.renderer.render_initial(EnvDelta(chat_to_messages(messages), self.prefill))
         g = self.policy.generate_sync(r.ids, r.images, self.sampling, mm_inputs=r.mm_inputs)
         return Generation(self.prefill + g.text, g.finish_reason, g.stop, g.token_ids, g.logprobs, g.prompt_tokens,
                           g.metadata)

@@ -403,31 +403,26 @@ class VLLMAgent(Agent):
         self._n = itertools.count()
 
     def render(self, messages: Sequence[ChatMessage]) -> Any:
-        import numpy as np
+        from ..envs.turns import EnvDelta
+        from .render.base import chat_to_messages
 
-        from ..envs.turns import IMAGE_TOKEN, NEUTRAL_IMAGE, EnvDelta, Message
-
-        turns = []
-        for m in messages:
-            content = m["content"]
-            if isinstance(content, str):
-                content = [{"type": "text", "text": content}]
-            text, images = [], []
-            for part in content:
-                if part.get("type") == "text":  # images come from image parts only
-                    text.append(part["text"].replace(IMAGE_TOKEN, NEUTRAL_IMAGE))
-                elif self.policy.is_multimodal:
-                    text.append(IMAGE_TOKEN)
-                    images.append(np.asarray(part["image"]))
-                else:
-                    text.append(NEUTRAL_IMAGE)
-            turns.append(Message(m["role"], "".join(text), tuple(images)))
-        return self.renderer.render_initial(EnvDelta(tuple(turns), self.prefill))
+        turns = chat_to_messages(messages, with_images=self.policy.is_multimodal)
+        return self.renderer.render_initial(EnvDelta(turns, self.prefill))
 
     def act(self, messages: Sequence[ChatMessage], info: Mapping[str, Any] | None = None) -> str:
+        return self.generate(messages).text
+
+    async def aact(self, messages: Sequence[ChatMessage], info: Mapping[str, Any] | None = None) -> Generation:
+        """The episode driver's call: a Generation, so the finish reason reaches the env."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.generate, messages)
+
+    def generate(self, messages: Sequence[ChatMessage]) -> Generation:
+        """One turn: the whole assistant turn text (prefill included) with the engine's finish
+        reason, matched stop string, sampled ids and logprobs."""
         r = self.render(messages)
         g = self.policy.generate_sync(r.ids, r.images, self.sampling, request_id=f"agent-{next(self._n)}")
-        return self.prefill + g.text
+        return Generation(self.prefill + g.text, g.finish_reason, g.stop, g.token_ids, g.logprobs, g.prompt_tokens,
+                          g.metadata)
 
     def close(self) -> None:
         if self._owns_policy:

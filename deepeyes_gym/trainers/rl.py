@@ -183,6 +183,21 @@ class TaskSampler:
         return out
 
 
+def make_sampler(cfg: RLConfig) -> tuple[dict[str, Any], Any, TaskSampler]:
+    """(env kwargs, a first env, the task sampler) for a config: tasks from the env id's suite,
+    restricted to ``task_indices`` or the curation file ``task_file``."""
+    import json
+
+    import gymnasium as gym
+
+    env_kwargs = {"max_turns": cfg.max_turns, **cfg.env_kwargs}
+    env = gym.make(cfg.env_id, **env_kwargs)
+    indices = cfg.task_indices
+    if cfg.task_file:
+        indices = json.loads(Path(cfg.task_file).read_text())["task_indices"]
+    return env_kwargs, env, TaskSampler(env.get_wrapper_attr("tasks"), indices, cfg.seed)
+
+
 @dataclass
 class StepBatch:
     groups: list[list[Any]]  # accepted groups of trajectories, in task order
@@ -283,6 +298,46 @@ def _tool_metrics(trajs: Sequence[Any], threshold: float) -> dict[str, float]:
     return out
 
 
+def rollout_metrics(batch: StepBatch, gen_s: float, cfg: RLConfig) -> dict[str, Any]:
+    """A step's rollout diagnostics over every finished episode it generated (kept or not)."""
+    seen_ok = [t for t in batch.trajectories_seen if t.ok]
+    return {
+        "reward": _mean([t.reward for t in seen_ok]),
+        "accuracy": _mean([t.accuracy for t in seen_ok]),
+        "format_rate": _mean([float(bool(t.reward_breakdown.get("format_ok"))) for t in seen_ok]),
+        "response_len": _mean([t.n_sampled for t in seen_ok]),
+        "turns": _mean([t.num_turns for t in seen_ok]),
+        "failed_episodes": sum(not t.ok for t in batch.trajectories_seen),
+        "gen_rounds": batch.rounds,
+        "groups_kept": len(batch.groups),
+        "filtered_group_frac": batch.n_filtered / max(1, batch.n_groups_seen),
+        "stop/length": _mean([float(t.stop_reason == "length") for t in seen_ok]),
+        **_tool_metrics(seen_ok, cfg.tool_collapse_threshold),
+        "time/generation_s": gen_s,
+        "time/tools_s": sum(turn.latency_s for t in batch.trajectories_seen for turn in t.turns),
+    }
+
+
+def sequence_loss(model: torch.nn.Module, traj: Any, old_logp: torch.Tensor, advantage: torch.Tensor,
+                  cfg: RLConfig, algo: Any, *, global_tokens: int, global_seqs: int
+                  ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+    """One sequence's share of a mini-batch loss (its micro-batch): the clipped loss normalised by
+    the whole mini-batch's counts, so micro-batches (and ranks) sum to the mini-batch loss.
+    Returns (loss, metrics, per-token entropy, loss mask)."""
+    logp, ent = _forward(model, traj)
+    mask = torch.tensor(_full(traj, traj.response_mask), dtype=torch.float32, device=logp.device)
+    old = old_logp.to(logp.device)
+    isw = None
+    if cfg.tis_cap is not None:
+        roll = torch.tensor(_full(traj, traj.logprobs), dtype=torch.float32, device=logp.device)
+        isw = truncated_is_weights(old, roll, cfg.tis_cap)[None]
+    loss, m = policy_loss(logp[None], old[None], advantage.reshape(1).to(logp.device), mask[None],
+                          clip_low=algo.clip_low, clip_high=algo.clip_high, clip_c=algo.clip_c,
+                          agg=algo.loss_agg, global_tokens=max(global_tokens, 1), global_seqs=global_seqs,
+                          is_weights=isw)
+    return loss, m, ent.detach(), mask
+
+
 def _update(model, opt, trajs, advantages, old_logps, cfg: RLConfig, algo, gen: torch.Generator) -> dict[str, float]:
     """ppo_epochs × mini-batches; each mini-batch normalised by its own global token count."""
     sums: Counter[str] = Counter()
@@ -297,26 +352,14 @@ def _update(model, opt, trajs, advantages, old_logps, cfg: RLConfig, algo, gen: 
             opt.zero_grad(set_to_none=True)
             mb_loss = 0.0
             for i in mb:  # micro-batches of one sequence, each scaled by the mini-batch's counts
-                t = trajs[i]
-                logp, ent = _forward(model, t)
-                mask = torch.tensor(_full(t, t.response_mask), dtype=torch.float32, device=logp.device)
-                old = old_logps[i].to(logp.device)
-                isw = None
-                if cfg.tis_cap is not None:
-                    roll = torch.tensor(_full(t, t.logprobs), dtype=torch.float32, device=logp.device)
-                    isw = truncated_is_weights(old, roll, cfg.tis_cap)[None]
-                loss, m = policy_loss(logp[None], old[None], advantages[i:i + 1].to(logp.device), mask[None],
-                                      clip_low=algo.clip_low, clip_high=algo.clip_high, clip_c=algo.clip_c,
-                                      agg=algo.loss_agg, global_tokens=max(n_tok, 1), global_seqs=len(mb),
-                                      is_weights=isw)
+                loss, m, ent, mask = sequence_loss(model, trajs[i], old_logps[i], advantages[i], cfg, algo,
+                                                   global_tokens=n_tok, global_seqs=len(mb))
                 loss.backward()
                 mb_loss += loss.item()
-                w = t.n_sampled
                 for k, v in m.items():
-                    sums[k] += v * w
-                with torch.no_grad():
-                    ent_sum += float((ent * mask).sum())
-                    ent_n += float(mask.sum())
+                    sums[k] += v * trajs[i].n_sampled
+                ent_sum += float((ent * mask).sum())
+                ent_n += float(mask.sum())
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             n_updates += 1
@@ -382,15 +425,7 @@ def _train(cfg: RLConfig, algo: Any) -> RLResult:
     policy = HFPolicy(model, AutoTokenizer.from_pretrained(model_dir), proc, spec)
     renderer = Qwen25VLRenderer.from_pretrained(model_dir, max_pixels=cfg.max_pixels,
                                                 episode_max_pixels=cfg.episode_max_pixels)
-    env_kwargs = {"max_turns": cfg.max_turns, **cfg.env_kwargs}
-    probe = gym.make(cfg.env_id, **env_kwargs)
-    tasks = probe.get_wrapper_attr("tasks")
-    indices = cfg.task_indices
-    if cfg.task_file:
-        import json
-
-        indices = json.loads(Path(cfg.task_file).read_text())["task_indices"]
-    sampler = TaskSampler(tasks, indices, cfg.seed)
+    env_kwargs, probe, sampler = make_sampler(cfg)
     sampling = SamplingParams(max_tokens=cfg.max_turn_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     engine = RolloutEngine([probe] + [gym.make(cfg.env_id, **env_kwargs) for _ in range(cfg.concurrency - 1)],
                            policy, renderer, max_concurrency=cfg.concurrency,
@@ -434,22 +469,7 @@ def _train(cfg: RLConfig, algo: Any) -> RLResult:
                 dynamic=algo.dynamic_sampling, seed=int(np.random.SeedSequence([cfg.seed, step]).generate_state(1)[0])))
             gen_s = time.perf_counter() - t0
             trajs = [t for g in batch.groups for t in g]
-            seen_ok = [t for t in batch.trajectories_seen if t.ok]
-            row: dict[str, Any] = {
-                "reward": _mean([t.reward for t in seen_ok]),
-                "accuracy": _mean([t.accuracy for t in seen_ok]),
-                "format_rate": _mean([float(bool(t.reward_breakdown.get("format_ok"))) for t in seen_ok]),
-                "response_len": _mean([t.n_sampled for t in seen_ok]),
-                "turns": _mean([t.num_turns for t in seen_ok]),
-                "failed_episodes": sum(not t.ok for t in batch.trajectories_seen),
-                "gen_rounds": batch.rounds,
-                "groups_kept": len(batch.groups),
-                "filtered_group_frac": batch.n_filtered / max(1, batch.n_groups_seen),
-                "stop/length": _mean([float(t.stop_reason == "length") for t in seen_ok]),
-                **_tool_metrics(seen_ok, cfg.tool_collapse_threshold),
-                "time/generation_s": gen_s,
-                "time/tools_s": sum(turn.latency_s for t in batch.trajectories_seen for turn in t.turns),
-            }
+            row = rollout_metrics(batch, gen_s, cfg)
             if row["tool_collapse"]:
                 log.warning("tool-use collapse alarm: only %.0f%% of trajectories called a tool (threshold %.0f%%)",
                             100 * row["tool_use_rate"], 100 * cfg.tool_collapse_threshold)

@@ -148,3 +148,30 @@ def check_transcript(decoded: str, expected: str) -> None:
         f"decoded ids differ from the transcript at character {at}: decoded {decoded[max(0, at - 30):at + 30]!r} "
         f"vs transcript {expected[max(0, at - 30):at + 30]!r} (lengths {len(decoded)} vs {len(expected)})"
     )
+
+
+def chat_to_messages(messages: Sequence[Mapping[str, Any]], *, with_images: bool = True) -> tuple[Message, ...]:
+    """OpenAI-style chat dicts (as the eval runner hands text agents) back into env messages:
+    one ``<image>`` per image part (or the neutral marker for a text-only model), and any
+    ``<image>`` typed in the text neutralised, so placeholders come from image parts only."""
+    import numpy as np
+
+    from ...envs.turns import IMAGE_TOKEN, NEUTRAL_IMAGE, Message
+
+    out = []
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        text, images = [], []
+        for part in content:
+            if part.get("type") == "text":
+                text.append(part["text"].replace(IMAGE_TOKEN, NEUTRAL_IMAGE))
+            elif with_images:
+                text.append(IMAGE_TOKEN)
+                images.append(np.asarray(part["image"]))
+            else:
+                text.append(NEUTRAL_IMAGE)
+        out.append(Message(m["role"], "".join(text), tuple(images)))
+    return tuple(out)
+

@@ -68,8 +68,7 @@ class LearnerRank:
         import torch
 
         from ...agents.hf import logprob_mismatch
-        from ..algorithms import policy_loss, truncated_is_weights
-        from ..rl import _forward, _full
+        from ..rl import _forward, _full, sequence_loss
 
         stale = [self.version - t.weight_version for t in trajs]
         if stale and max(stale) > max_staleness:
@@ -102,26 +101,17 @@ class LearnerRank:
                     real = j < len(local)
                     i = local[j] if real else mb[0]
                     t = trajs[i]
-                    logp, ent = _forward(model, t)
-                    mask = torch.tensor(_full(t, t.response_mask), dtype=torch.float32, device=logp.device)
-                    o = old[i].to(logp.device) if real else logp.detach()
-                    isw = None
-                    if cfg.tis_cap is not None:
-                        r = torch.tensor(_full(t, t.logprobs), dtype=torch.float32, device=logp.device)
-                        isw = truncated_is_weights(o, r, cfg.tis_cap)[None]
-                    loss, met = policy_loss(logp[None], o[None], adv[i:i + 1].to(logp.device), mask[None],
-                                            clip_low=algo.clip_low, clip_high=algo.clip_high, clip_c=algo.clip_c,
-                                            agg=algo.loss_agg, global_tokens=max(n_tok, 1), global_seqs=len(mb),
-                                            is_weights=isw)
+                    # A padding pass (this rank has fewer sequences) is scaled by 0 below.
+                    loss, met, ent, mask = sequence_loss(model, t, old[i], adv[i], cfg, algo,
+                                                         global_tokens=n_tok, global_seqs=len(mb))
                     self.engine.set_gradient_accumulation_boundary(j == k - 1)
                     self.engine.backward(loss * (self.world if real else 0.0), scale_wrt_gas=False)
                     if real:
                         mb_loss += loss.item()
                         for key, v in met.items():
                             sums[key] += v * t.n_sampled
-                        with torch.no_grad():
-                            ent_sum += float((ent * mask).sum())
-                            ent_n += float(mask.sum())
+                        ent_sum += float((ent * mask).sum())
+                        ent_n += float(mask.sum())
                 self.engine.step()
                 if self.rank == 0:  # the global norm (before clipping), counted once
                     sums["grad_norm"] += float(self.engine.get_global_grad_norm()) * max(n_tok, 1)

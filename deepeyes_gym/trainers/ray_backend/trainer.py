@@ -24,8 +24,8 @@ import torch
 from ..algorithms import get_algorithm, group_advantages
 from ..checkpoint import latest_checkpoint, write_json
 from ..metrics import MetricsLogger
-from ..rl import RLConfig, RLResult, StepBatch, TaskSampler, _mean, _shaped_rewards, _tool_metrics, collect_groups
-from ..rl import import_plugin
+from ..rl import RLConfig, RLResult, StepBatch, _shaped_rewards, collect_groups, import_plugin, make_sampler
+from ..rl import rollout_metrics
 from .config import RayConfig
 
 __all__ = ["train_rl_ray", "fresh_groups"]
@@ -69,24 +69,7 @@ def fresh_groups(groups: list[list[Any]], version: int, bound: int) -> tuple[lis
     return keep, len(groups) - len(keep)
 
 
-def _rollout_row(batch: StepBatch, gen_s: float, cfg: RLConfig) -> dict[str, Any]:
-    """rl.py's rollout metrics of one step."""
-    seen_ok = [t for t in batch.trajectories_seen if t.ok]
-    return {
-        "reward": _mean([t.reward for t in seen_ok]), "accuracy": _mean([t.accuracy for t in seen_ok]),
-        "format_rate": _mean([float(bool(t.reward_breakdown.get("format_ok"))) for t in seen_ok]),
-        "response_len": _mean([t.n_sampled for t in seen_ok]), "turns": _mean([t.num_turns for t in seen_ok]),
-        "failed_episodes": sum(not t.ok for t in batch.trajectories_seen), "gen_rounds": batch.rounds,
-        "groups_kept": len(batch.groups), "filtered_group_frac": batch.n_filtered / max(1, batch.n_groups_seen),
-        "stop/length": _mean([float(t.stop_reason == "length") for t in seen_ok]),
-        **_tool_metrics(seen_ok, cfg.tool_collapse_threshold),
-        "time/generation_s": gen_s,
-        "time/tools_s": sum(turn.latency_s for t in batch.trajectories_seen for turn in t.turns),
-    }
-
-
 async def _train(cfg: RLConfig, ray_cfg: RayConfig, algo: Any) -> RLResult:
-    import gymnasium as gym
     from transformers import AutoTokenizer
 
     from .learner import LearnerGroup
@@ -96,15 +79,7 @@ async def _train(cfg: RLConfig, ray_cfg: RayConfig, algo: Any) -> RLResult:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**asdict(cfg), "ray": asdict(ray_cfg), "resolved_algorithm": asdict(algo)})
-    env_kwargs = {"max_turns": cfg.max_turns, **cfg.env_kwargs}
-    probe_env = gym.make(cfg.env_id, **env_kwargs)
-    tasks = probe_env.get_wrapper_attr("tasks")
-    indices = cfg.task_indices
-    if cfg.task_file:
-        import json
-
-        indices = json.loads(Path(cfg.task_file).read_text())["task_indices"]
-    sampler = TaskSampler(tasks, indices, cfg.seed)
+    env_kwargs, probe_env, sampler = make_sampler(cfg)
     spec = WorkerSpec(model_dir=cfg.model, env_id=cfg.env_id, env_kwargs=env_kwargs, backend=ray_cfg.rollout_backend,
                       concurrency=ray_cfg.worker_concurrency or max(1, -(-cfg.concurrency // ray_cfg.rollout_workers)),
                       max_response_tokens=cfg.max_response_tokens, max_turn_tokens=cfg.max_turn_tokens,
@@ -145,7 +120,7 @@ async def _train(cfg: RLConfig, ray_cfg: RayConfig, algo: Any) -> RLResult:
         batch, gen_s, position = await collect(step)
         while step < cfg.steps:
             t_step = time.perf_counter()
-            row = _rollout_row(batch, gen_s, cfg)
+            row = rollout_metrics(batch, gen_s, cfg)
             groups, n_stale = fresh_groups(batch.groups, learners.version, bound)
             row["stale_groups_dropped"] = n_stale
             trajs = [t for g in groups for t in g]
