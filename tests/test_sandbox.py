@@ -277,10 +277,13 @@ def test_non_utf8_output(tool, ctx):
 @pytest.mark.timeout(30)
 def test_sys_exit_keeps_session(tool, ctx):
     run(tool, "still = 'here'", ctx)
+    pid = tool.backend.worker_pid
     r = run(tool, "import sys\nsys.exit(2)", ctx)
     assert "SystemExit: 2" in r.text and not r.metadata["restarted"]
-    assert "here" in run(tool, "exit()\n", ctx).text or True
-    assert "here" in run(tool, "print(still)", ctx).text
+    r = run(tool, "exit()\n", ctx)  # the site builtin: SystemExit(None)
+    assert "SystemExit" in r.text and "exiting is not possible here" in r.text
+    assert r.metadata["status"] == "error" and not r.metadata["restarted"]
+    assert "here" in run(tool, "print(still)", ctx).text and tool.backend.worker_pid == pid
 
 
 @pytest.mark.timeout(30)

@@ -64,3 +64,29 @@ def _wait(cond, seconds: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return cond()
+
+
+@pytest.mark.timeout(60)
+def test_env_abort_from_another_thread_stops_a_running_cell():
+    import threading
+
+    img = np.zeros((8, 8, 3), dtype=np.uint8)
+    env = DeepEyesEnv([Task(id="ab", question="q", answer="a", images=[img])], tools=("python",),
+                      tool_kwargs={"python": {"timeout": 60, "max_output_chars": 7778}}, shuffle=False)
+    try:
+        env.reset(seed=0)
+        env.step(code("x = 1"))
+        pid = env.tools["python"].backend.worker_pid
+        out: dict = {}
+        th = threading.Thread(target=lambda: out.update(r=env.step(code("import time\ntime.sleep(60)"))))
+        th.start()
+        time.sleep(0.3)
+        env.abort()  # e.g. dynamic sampling cancelling a surplus episode
+        th.join(20)
+        assert not th.is_alive(), "abort waited for the running cell"
+        assert out["r"][4].get("stop_reason") == "abort"
+        assert _wait(lambda: not _alive(pid))
+        env.reset(seed=1)
+        assert "(8, 8)" in env.step(code("print(image_1.size)"))[0]["text"]
+    finally:
+        env.close()

@@ -18,7 +18,8 @@ class ExecResult:
 
     ``status``: "ok" | "error" (an exception in the code: normal stderr) | "timeout" (soft time
     limit: the session survived) | "killed" (hard time limit: the session was restarted) |
-    "crashed" (the worker died or misbehaved: the session was restarted).
+    "crashed" (the worker died or misbehaved: the session was restarted) | "aborted" (the episode
+    was aborted: no session any more).
     """
 
     stdout: str = ""
@@ -31,12 +32,6 @@ class ExecResult:
     stdout_truncated: int = 0  # characters dropped from the middle
     stderr_truncated: int = 0
     images_dropped: int = 0
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> bool:
-        """The sandbox itself failed (not just the user's code)."""
-        return self.status in ("timeout", "killed", "crashed")
 
 
 class SandboxBackend(abc.ABC):
@@ -53,6 +48,11 @@ class SandboxBackend(abc.ABC):
     @abc.abstractmethod
     def end(self) -> None:
         """Drop the current session; no state may survive into the next ``start``."""
+
+    def abort(self) -> None:
+        """From any thread: end the session now, without waiting for a running cell (which then
+        returns an "aborted" result). The default waits like :meth:`end`."""
+        self.end()
 
     def close(self) -> None:
         """Release every resource (idempotent)."""

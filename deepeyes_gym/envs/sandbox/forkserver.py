@@ -2,8 +2,9 @@
 
 Started by the parent as ``python -I -B -c <shipped sources> <json config>`` and driven over a
 ``SOCK_SEQPACKET`` control socket: each ``spawn`` request carries the worker's request and reply
-pipe ends and its shared memory file (``SCM_RIGHTS``) and gets the worker's pid back; ``exited``
-events report worker exit statuses.
+pipe ends, its image channel and (where the parent made one) its cgroups' ``cgroup.procs``
+(``SCM_RIGHTS``) and gets the worker's pid back, tagged with the request's id so the parent can
+keep many spawns in flight; ``exited`` events report worker exit statuses.
 The fork server never runs untrusted code. Process tree per worker (namespace levels)::
 
     fork server ─ init (pid 1 of a new PID namespace; its host pid is what the parent kills;
@@ -86,6 +87,13 @@ class ForkServer:
         # children check this pipe (EOF = we died) right after arming PR_SET_PDEATHSIG
         self.alive_r, self._alive_w = os.pipe()
         self.pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        # the env process's kernel keys must not even reach the fork server (each worker also
+        # joins a keyring of its own)
+        try:
+            jail.join_session_keyring()
+            self.keyring = "fresh"
+        except OSError as exc:
+            self.keyring = f"unchanged ({exc})"
         if self.level != "rlimits":
             self.plan = jail.make_plan(cfg["python_paths"], cfg["hide"], cfg["extra_paths"])
             os.makedirs(cfg["root_dir"], exist_ok=True)
@@ -108,11 +116,15 @@ class ForkServer:
         self.wake = (wake_r, wake_w)
         threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
         self.send({"op": "ready", "pid": self.pid, "preloaded": ok, "failed": failed, "threads": threads,
-                   "python": sys.version.split()[0]})
+                   "python": sys.version.split()[0], "vm_size": _vm_size(), "keyring": self.keyring})
         parent_gone = False
+        poller = select.poll()  # not select(): the control fd keeps the parent's number (> 1024 with many workers)
+        poller.register(self.ctrl, select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        ctrl_fd = self.ctrl.fileno()
         try:
             while True:
-                r, _, _ = select.select([self.ctrl, wake_r], [], [])
+                r = {fd for fd, _ in poller.poll()}
                 if wake_r in r:
                     try:
                         while os.read(wake_r, 512):
@@ -120,9 +132,9 @@ class ForkServer:
                     except BlockingIOError:
                         pass
                     self.reap()
-                if self.ctrl in r:
+                if ctrl_fd in r:
                     try:
-                        msg, fds, _, _ = socket.recv_fds(self.ctrl, 65536, 4)
+                        msg, fds, _, _ = socket.recv_fds(self.ctrl, 65536, 8)
                     except OSError:  # ECONNRESET: the parent died with our replies unread
                         msg, fds = b"", []
                     if not msg:  # the parent closed us, or died: clean up its work dir too
@@ -144,10 +156,10 @@ class ForkServer:
     # ---- workers ----------------------------------------------------------------------------------
 
     def spawn(self, req: dict[str, Any], fds: list[int]) -> None:
-        if len(fds) != 3:
+        if len(fds) != 3 + int(req.get("cgroups", 0)):
             for fd in fds:
                 os.close(fd)
-            self.send({"op": "spawned", "id": req.get("id"), "error": "expected three fds"})
+            self.send({"op": "spawned", "id": req.get("id"), "error": "unexpected number of fds"})
             return
         uid = req.get("uid")
         tmpdir = None
@@ -210,9 +222,17 @@ class ForkServer:
         jail.set_pdeathsig(signal.SIGKILL)
         # the fork server died before the signal was armed? (getppid() is 0 in a new PID namespace)
         os.close(self._alive_w)
-        if select.select([self.alive_r], [], [], 0)[0]:
+        alive = select.poll()
+        alive.register(self.alive_r, select.POLLIN)
+        if alive.poll(0):
             os._exit(1)
         os.close(self.alive_r)
+        os.close(self.pidns)  # no handle on the fork server's PID namespace may reach a worker
+        for fd in fds[3:]:  # join the episode's cgroups first: everything below is accounted
+            os.write(fd, b"0")
+            os.close(fd)
+        del fds[3:]
+        jail.close_fds_except({0, 1, 2, *fds})
         os.setsid()
         uid = req.get("uid")
         limits = self.cfg["limits"]
@@ -224,9 +244,11 @@ class ForkServer:
                 jail.drop_privileges(uid, uid)
                 opts["kill_strays"] = True
             jail.set_no_new_privs()
+            key_facts = _confine_keys()
             os.chdir(tmpdir)
             self._worker_env(tmpdir)
             facts = jail.self_facts(self.cfg["hide"])
+            facts.update(key_facts)
             facts.update(level=self.level, tmp=tmpdir)
             worker.main(fds[0], fds[1], fds[2], facts, opts)
             os._exit(0)
@@ -239,7 +261,8 @@ class ForkServer:
         namespace.
         """
         jail.enter_namespaces()
-        jail.build_root(self.cfg["root_dir"], self.plan or [], int(self.cfg["tmp_size"]), uid)
+        jail.build_root(self.cfg["root_dir"], self.plan or [], int(self.cfg["tmp_size"]), uid,
+                        int(self.cfg.get("tmp_inodes", 16384)))
         jail.pivot_root(self.cfg["root_dir"])
         socket.sethostname("sandbox")
         pid = os.fork()
@@ -247,10 +270,12 @@ class ForkServer:
             jail.apply_limits(limits)
             jail.drop_privileges(uid, uid)
             jail.set_no_new_privs()
+            key_facts = _confine_keys()
             os.chdir("/tmp")
             self._worker_env("/tmp")
             opts["kill_strays"] = True
             facts = jail.self_facts(self.cfg["hide"])
+            facts.update(key_facts)
             facts.update(level=self.level, tmp="/tmp")
             worker.main(fds[0], fds[1], fds[2], facts, opts)
             os._exit(0)
@@ -317,6 +342,42 @@ class ForkServer:
                 pass
             self._cleanup(pid, info)
         self.children.clear()
+
+
+def _confine_keys() -> dict[str, str]:
+    """A fresh session keyring, then the seccomp filter against the key syscalls (in this order:
+    the filter forbids the call that joins). Reported as facts; failures are reported, not fatal,
+    where the kernel lacks the feature. Also makes the worker the first choice of the OOM killer
+    (in its memory cgroup and on the machine): untrusted code goes before the env or its init."""
+    facts = {}
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+    try:
+        jail.join_session_keyring()
+        facts["session_keyring"] = "fresh"
+    except OSError as exc:
+        facts["session_keyring"] = f"inherited ({exc})"
+    try:
+        jail.deny_key_syscalls()
+        facts["seccomp"] = "add_key, request_key, keyctl denied"
+    except OSError as exc:
+        facts["seccomp"] = f"not installed ({exc})"
+    return facts
+
+
+def _vm_size() -> int:
+    """Our address space in bytes (every worker starts with it: a floor for RLIMIT_AS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) << 10
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def main(cfg_json: str) -> None:

@@ -2,12 +2,17 @@
 
 The fork server is started as ``python -I -B -c <shipped sources>`` (the worker side never reads
 the project checkout) and driven over a ``SOCK_SEQPACKET`` socket; each worker gets a request
-pipe, a reply pipe and a shared memory file, passed with ``SCM_RIGHTS``.
+pipe, a reply pipe and an image channel (a unix socket that carries the sealed memfd of its input
+images), passed with ``SCM_RIGHTS``.
+
+Both handles belong to the process that made them: in a forked child they only close their copies
+of the fds, they never signal or shut down what the parent still uses.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging
 import os
@@ -21,10 +26,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import jail
 from . import protocol as P
+from .cgroups import WorkerCgroup
 from .config import SandboxConfig
 
 __all__ = [
@@ -127,11 +133,17 @@ def _base_env() -> dict[str, str]:
 
 
 class ForkServer:
-    """Handle on a running fork server process."""
+    """Handle on a running fork server process.
 
-    def __init__(self, cfg: SandboxConfig, level: str) -> None:
+    Spawns are pipelined: :meth:`request_spawn` sends a tagged request and returns at once; the
+    reader thread passes each ``spawned`` reply to ``on_spawned`` (set by the pool).
+    """
+
+    def __init__(self, cfg: SandboxConfig, level: str, on_spawned: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.cfg = cfg
         self.level = level
+        self.owner = os.getpid()
+        self.on_spawned = on_spawned
         # host dir for the root mountpoint (unshare) or the per-worker dirs (rlimits); a bwrap-jailed
         # fork server uses its jail's own /tmp instead (it could not clean a host dir up)
         self.workdir = tempfile.mkdtemp(prefix="deepeyes-sandbox-") if level != "bwrap" else None
@@ -163,6 +175,7 @@ class ForkServer:
             "root_dir": os.path.join(self.workdir, "root") if self.workdir else "/tmp/.sandbox-root",
             "work_root": self.workdir,
             "tmp_size": cfg.tmp_size_mb << 20,
+            "tmp_inodes": cfg.tmp_inodes,
             "preload": list(cfg.preload),
             "limits": {
                 "as": cfg.memory_limit_mb << 20,
@@ -200,16 +213,17 @@ class ForkServer:
         self.sock = parent
         self.exit_status: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._cond = threading.Condition()
-        self._replies: collections.deque[dict[str, Any]] = collections.deque()
-        self._spawn_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
         self.alive = True
         self.info = self._first_message(cfg.start_timeout)
         self._reader = threading.Thread(target=self._read_loop, name="sandbox-forkserver", daemon=True)
         self._reader.start()
 
     def _first_message(self, timeout: float) -> dict[str, Any]:
-        r, _, _ = select.select([self.sock], [], [], timeout)
-        msg = self.sock.recv(65536) if r else b""
+        poller = select.poll()  # not select(): with hundreds of workers our fds pass FD_SETSIZE
+        poller.register(self.sock, select.POLLIN)
+        msg = self.sock.recv(65536) if poller.poll(int(timeout * 1000)) else b""
         if not msg:
             self.close()
             raise SandboxStartError(f"fork server ({self.level}) did not start: {self.log_tail()}")
@@ -238,36 +252,35 @@ class ForkServer:
                 m = json.loads(msg)
             except ValueError:
                 continue
+            if m.get("op") == "spawned" and self.on_spawned is not None:
+                self.on_spawned(m)
             with self._cond:
                 if m.get("op") == "exited":
                     self.exit_status[int(m["pid"])] = int(m["status"])
                     while len(self.exit_status) > 4096:
                         self.exit_status.popitem(last=False)
-                elif m.get("op") == "spawned":
-                    self._replies.append(m)
                 self._cond.notify_all()
         with self._cond:
             self.alive = False
             self._cond.notify_all()
+        if self.on_spawned is not None:
+            self.on_spawned({"op": "gone"})
 
-    def spawn(self, uid: int, fds: Sequence[int], timeout: float) -> int:
-        """Ask for one worker with the given pipe ends; return its (monitor) pid."""
-        with self._spawn_lock:
+    def next_request_id(self) -> int:
+        return next(self._ids)
+
+    def request_spawn(self, rid: int, uid: int, fds: Sequence[int], n_cgroups: int) -> None:
+        """Ask for one worker with the given fds (pipe ends, image channel, cgroup.procs); its
+        ``spawned`` reply will carry ``rid``. May block while the fork server's queue is full:
+        call it holding no lock that takers of workers need."""
+        req = {"op": "spawn", "id": rid, "uid": uid, "drop_uid": self.drop_uid, "cgroups": n_cgroups}
+        with self._send_lock:
+            if not self.alive:
+                raise SandboxStartError(f"fork server is gone: {self.log_tail()}")
             try:
-                socket.send_fds(self.sock, [json.dumps({"op": "spawn", "uid": uid, "drop_uid": self.drop_uid}).encode()], list(fds))
+                socket.send_fds(self.sock, [json.dumps(req).encode()], list(fds))
             except OSError as exc:
                 raise SandboxStartError(f"fork server unreachable: {exc}") from None
-            deadline = time.monotonic() + timeout
-            with self._cond:
-                while not self._replies:
-                    left = deadline - time.monotonic()
-                    if not self.alive or left <= 0:
-                        raise SandboxStartError(f"fork server did not answer: {self.log_tail()}")
-                    self._cond.wait(left)
-                reply = self._replies.popleft()
-        if "error" in reply:
-            raise SandboxStartError(str(reply["error"]))
-        return int(reply["pid"])
 
     def wait_exit_status(self, pid: int, timeout: float) -> int | None:
         deadline = time.monotonic() + timeout
@@ -280,6 +293,9 @@ class ForkServer:
             return self.exit_status.get(pid)
 
     def close(self) -> None:
+        if os.getpid() != self.owner:
+            self.forget()
+            return
         with self._cond:
             self.alive = False
             self._cond.notify_all()
@@ -298,6 +314,17 @@ class ForkServer:
             self.proc.wait()
         self._cleanup_files()
 
+    def forget(self) -> None:
+        """In a forked child: close our copies of the fds; the fork server stays the parent's."""
+        self.alive = False
+        self.on_spawned = None
+        for f in (self.sock, self._log):
+            try:
+                f.close()  # close(2) only: a shutdown() would cut the parent's channel too
+            except (OSError, ValueError):
+                pass
+        self.proc.returncode = 0  # not our child: never wait for it
+
 
 # ---- worker handle ----------------------------------------------------------------------------
 
@@ -310,46 +337,75 @@ def _pidfd_open(pid: int) -> int | None:
 
 
 class WorkerHandle:
-    """Parent's end of one worker: non-blocking pipes with deadlines, and a pidfd to kill it."""
+    """Parent's end of one worker: non-blocking pipes with deadlines, and a pidfd to kill it.
 
-    def __init__(self, server: ForkServer, pid: int, req_w: int, resp_r: int, shm: int, uid: int) -> None:
+    Made before the worker exists (spawns are pipelined); :meth:`set_pid` completes it when the
+    fork server's reply arrives. ``terminate`` may be called from any thread at any time (abort);
+    only the owner closes the fds (:meth:`kill`).
+    """
+
+    def __init__(self, server: ForkServer, req_w: int, resp_r: int, chan: socket.socket, uid: int,
+                 cgroup: WorkerCgroup | None = None) -> None:
         self.server = server
-        self.pid = pid
+        self.pid: int | None = None
         self.uid = uid
         self.req_w = req_w
         self.resp_r = resp_r
-        self.shm = shm  # memory file shared with the worker (input images), written only by us
+        self.chan = chan  # carries the sealed memfd of the input images (written only by us)
+        self.cgroup = cgroup
+        self.owner = os.getpid()
         self.pending: list[int] = []  # frame kinds the worker still owes us (pipelined LOADED)
-        self.pidfd = _pidfd_open(pid)
+        self.images_due = False  # the session's images go to the worker with its first cell
+        self.pidfd: int | None = None
         self.facts: dict[str, Any] = {}
+        self.greeting: tuple[int, dict[str, Any]] | None = None  # READY/FAILED read before the pid was known
+        self.spawn_id: int | None = None
+        self.started = time.monotonic()
         self.dead = False
         self._signalled = False
+        self._lock = threading.Lock()  # terminate (any thread) vs kill (owner): never signal a closed pidfd
         os.set_blocking(req_w, False)
         os.set_blocking(resp_r, False)
         self._rpoll = select.poll()
         self._rpoll.register(resp_r, select.POLLIN)
         self._wpoll = select.poll()
         self._wpoll.register(req_w, select.POLLOUT)
-        if self.pidfd is not None:
-            self._rpoll.register(self.pidfd, select.POLLIN)
-            self._wpoll.register(self.pidfd, select.POLLIN)
+
+    def set_pid(self, pid: int) -> None:
+        with self._lock:
+            self.pid = pid
+            if self.dead:
+                return
+            self.pidfd = _pidfd_open(pid)
+            if self.pidfd is not None:
+                self._rpoll.register(self.pidfd, select.POLLIN)
+                self._wpoll.register(self.pidfd, select.POLLIN)
+            if self._signalled:  # terminated before we knew whom to signal
+                self._signalled = False
+                self._signal()
 
     # -- liveness -----------------------------------------------------------------------------
 
     def alive(self) -> bool:
-        if self.dead:
+        if self.dead or self._signalled:
             return False
-        if self.pidfd is not None and select.select([self.pidfd], [], [], 0)[0]:
-            return False
-        # an idle worker never writes unprompted: readable means EOF (or garbage)
-        return not select.select([self.resp_r], [], [], 0)[0]
+        # the pidfd is readable once the worker exited; an idle worker never writes unprompted, so
+        # a readable reply pipe means EOF (or garbage). poll, not select: fds may pass FD_SETSIZE
+        return not self._rpoll.poll(0)
 
     def terminate(self) -> None:
         """SIGKILL the worker's monitor (its whole PID namespace goes with it). Any thread may call
-        this; the fds stay open for the owner, who closes them with :meth:`kill`."""
-        if self._signalled:
+        this; the fds stay open for the owner, who closes them with :meth:`kill`. A no-op in a
+        forked child: the worker is the parent's."""
+        with self._lock:
+            if self._signalled or self.dead:
+                return
+            self._signalled = True
+            self._signal()
+
+    def _signal(self) -> None:
+        if os.getpid() != self.owner or self.pid is None:
             return
-        self._signalled = True
         try:
             if self.pidfd is not None:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
@@ -360,19 +416,28 @@ class WorkerHandle:
 
     def kill(self) -> None:
         """Terminate and release the fds (only the owner of the handle may call this)."""
-        if self.dead:
-            return
         self.terminate()
-        self.dead = True
-        for fd in (self.req_w, self.resp_r, self.shm, self.pidfd):
+        self.close_fds()
+
+    def close_fds(self) -> None:
+        with self._lock:
+            if self.dead:
+                return
+            self.dead = True
+            fds = [self.req_w, self.resp_r, self.pidfd]
+        for fd in fds:
             if fd is not None:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
+        try:
+            self.chan.close()
+        except OSError:
+            pass
 
     def exit_status(self, timeout: float = 0.5) -> int | None:
-        return self.server.wait_exit_status(self.pid, timeout)
+        return None if self.pid is None else self.server.wait_exit_status(self.pid, timeout)
 
     # -- I/O ------------------------------------------------------------------------------------
 
@@ -385,6 +450,13 @@ class WorkerHandle:
             if efd == fd:
                 return  # ready (or hung up: the next syscall tells)
         raise WorkerDied("worker process exited")
+
+    def send_fd(self, fd: int) -> None:
+        """Pass ``fd`` (a sealed memfd) to the worker over its image channel."""
+        try:
+            socket.send_fds(self.chan, [b"I"], [fd])
+        except OSError as exc:
+            raise WorkerDied(f"worker image channel closed ({exc.__class__.__name__})") from None
 
     def send(self, kind: int, meta: dict[str, Any], blobs: Sequence[Any] = (), deadline: float | None = None) -> None:
         if self.dead:

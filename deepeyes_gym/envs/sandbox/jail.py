@@ -11,6 +11,9 @@ The fork server calls these after ``fork()`` and before any untrusted byte runs:
   on a tmpfs and ``pivot_root`` into it.
 * :func:`drop_privileges` applies rlimits, switches to an unprivileged uid (so RLIMIT_NPROC counts)
   and sets ``no_new_privs``.
+* :func:`join_session_keyring` gives the worker a new, empty kernel session keyring (the env
+  process's keys are out of reach) and :func:`deny_key_syscalls` installs a seccomp filter that
+  makes ``add_key``/``request_key``/``keyctl`` fail, so episodes cannot pass values through keys.
 """
 
 from __future__ import annotations
@@ -41,8 +44,16 @@ MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+KEYCTL_JOIN_SESSION_KEYRING = 1
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "arm64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
+# (audit arch, add_key, request_key, keyctl) for the seccomp filter
+_KEY_SYSCALLS = {"x86_64": (0xC000003E, 248, 249, 250), "aarch64": (0xC00000B7, 217, 218, 219),
+                 "arm64": (0xC00000B7, 217, 218, 219)}
+# /proc files that show other users' keys or every process on the machine: an empty file instead
+MASKED_PROC = ("keys", "key-users", "timer_list", "sched_debug")
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "mime.types")
@@ -132,8 +143,8 @@ def make_plan(python_paths: list[str], hide: list[str], extra_paths: list[str]) 
             links.append(["symlink", os.readlink(d), d])
         elif os.path.isdir(d):
             ops.append(["bind", d, d])
-    ops.append(["tmpfs", "/tmp", 0, 0o1777])
-    ops.append(["tmpfs", "/dev/shm", 16 << 20, 0o1777])
+    ops.append(["tmpfs", "/tmp", 0, 0o1777, 0])  # size and inode cap from the config
+    ops.append(["tmpfs", "/dev/shm", 16 << 20, 0o1777, 1024])
     for name in DEV_NODES:
         if os.path.exists(f"/dev/{name}"):
             ops.append(["dev", name])
@@ -186,13 +197,15 @@ def _src_flags(src: str) -> int:
     return flags
 
 
-def build_root(root: str, plan: list[list[Any]], tmp_size: int, uid: int | None = None) -> None:
+def build_root(root: str, plan: list[list[Any]], tmp_size: int, uid: int | None = None, tmp_inodes: int = 16384) -> None:
     """Apply ``plan`` on a fresh tmpfs at ``root`` (in the current, private mount namespace).
 
     ``uid`` gets a ``sandbox`` entry in the generated ``/etc/passwd`` (``getpass``, ``pwd`` work).
+    Every tmpfs has an inode cap: an empty file costs no bytes of ``size`` but ~1 KiB of kernel
+    memory, so without one a cell could pin hundreds of MiB with empty files.
     """
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    mount("tmpfs", root, "tmpfs", MS_NOSUID, "size=4m,mode=0755")
+    mount("tmpfs", root, "tmpfs", MS_NOSUID, "size=4m,mode=0755,nr_inodes=4096")
     for op in plan:
         kind = op[0]
         if kind == "bind":
@@ -207,8 +220,9 @@ def build_root(root: str, plan: list[list[Any]], tmp_size: int, uid: int | None 
             mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | _src_flags(src))
         elif kind == "tmpfs":
             dst, size, mode = op[1], op[2] or tmp_size, op[3]
+            inodes = (op[4] if len(op) > 4 else 0) or tmp_inodes
             target = _mkdirs(root, dst)
-            mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(size)},mode={mode:o}")
+            mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(size)},mode={mode:o},nr_inodes={int(inodes)}")
         elif kind == "dev":
             _mkdirs(root, "/dev")
             target = f"{root}/dev/{op[1]}"
@@ -228,6 +242,9 @@ def build_root(root: str, plan: list[list[Any]], tmp_size: int, uid: int | None 
         elif kind == "proc":
             target = _mkdirs(root, op[1], 0o555)
             mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            for name in MASKED_PROC:
+                if os.path.exists(f"{target}/{name}"):
+                    mount("/dev/null", f"{target}/{name}", None, MS_BIND)
         elif kind == "symlink":
             path = root + op[2]
             if not os.path.lexists(path):
@@ -265,6 +282,66 @@ def drop_privileges(uid: int, gid: int) -> None:
         raise OSError(errno.EPERM, "could not drop privileges")
 
 
+def join_session_keyring() -> None:
+    """Replace the inherited kernel session keyring by a new anonymous one (keyctl with NULL)."""
+    lc = libc()
+    lc.syscall.restype = ctypes.c_long
+    nr = _KEY_SYSCALLS.get(platform.machine())
+    if nr is None:
+        raise OSError(errno.ENOSYS, f"keyctl syscall number unknown for {platform.machine()}")
+    if lc.syscall(ctypes.c_long(nr[3]), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING), None) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"keyctl(KEYCTL_JOIN_SESSION_KEYRING): {os.strerror(e)}")
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def deny_key_syscalls() -> None:
+    """Seccomp filter: ``add_key``, ``request_key`` and ``keyctl`` fail with EPERM; so does every
+    syscall of a foreign ABI (i386 ``int 0x80``, x32), whose numbers the filter does not know.
+
+    Needs ``no_new_privs`` (or root); inherited by every child, and cannot be removed.
+    """
+    nrs = _KEY_SYSCALLS.get(platform.machine())
+    if nrs is None:
+        raise OSError(errno.ENOSYS, f"no seccomp filter for {platform.machine()}")
+    arch, add_key, request_key, keyctl = nrs
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JGE|K, RET|K
+    allow, deny = 0x7FFF0000, 0x00050000 | errno.EPERM  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
+    prog = [
+        (ld, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 1, 0, arch),
+        (ret, 0, 0, deny),
+        (ld, 0, 0, 0),  # seccomp_data.nr
+        (jge, 4, 0, 0x40000000),  # x32 ABI on x86_64
+        (jeq, 3, 0, add_key),
+        (jeq, 2, 0, request_key),
+        (jeq, 1, 0, keyctl),
+        (ret, 0, 0, allow),
+        (ret, 0, 0, deny),
+    ]
+    filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
+    fprog = _SockFprog(len(prog), filters)
+    _check(libc().prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "prctl(PR_SET_SECCOMP)")
+
+
+def close_fds_except(keep: set[int]) -> None:
+    """Close every inherited fd not in ``keep`` (the fork server's namespace handles, pipes, logs)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 def paths_world_readable(paths: list[str]) -> bool:
     """True when every path (and each of its ancestors) can be traversed by any uid."""
     for p in paths:
@@ -290,7 +367,7 @@ def self_facts(hidden: list[str]) -> dict[str, Any]:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith(("CapEff:", "NoNewPrivs:")):
+                if line.startswith(("CapEff:", "NoNewPrivs:", "Seccomp:")):
                     k, v = line.split(":", 1)
                     facts[k] = v.strip()
     except OSError:
@@ -309,6 +386,12 @@ def self_facts(hidden: list[str]) -> dict[str, Any]:
         facts["root_writable"] = True
     except OSError:
         facts["root_writable"] = False
+    try:
+        links = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        links = []
+    kinds = ("pid", "mnt", "net", "user", "uts", "ipc", "cgroup", "time")
+    facts["ns_handles"] = sorted(ln for ln in links if ln.split(":")[0] in kinds)  # must stay empty
     facts["rlimits"] = {
         k: resource.getrlimit(v)[0]
         for k, v in (("as", resource.RLIMIT_AS), ("fsize", resource.RLIMIT_FSIZE), ("nproc", resource.RLIMIT_NPROC), ("nofile", resource.RLIMIT_NOFILE))

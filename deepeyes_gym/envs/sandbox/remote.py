@@ -22,6 +22,7 @@ import requests
 from PIL import Image
 
 from ..task import TaskImageError, load_image
+from ..turns import clip_middle
 from .base import ExecResult, SandboxBackend, image_specs
 
 __all__ = ["RemoteSandbox"]
@@ -148,8 +149,8 @@ class RemoteSandbox(SandboxBackend):
                 stderr.append(_text(err) + "\n")
         if dropped:
             stderr.append(f"[{dropped} more image(s) not returned: at most {self.max_images} per cell]\n")
-        out, out_cut = _clip("".join(stdout), self.max_output_chars)
-        err_text, err_cut = _clip("".join(stderr), self.max_output_chars)
+        out, out_cut = clip_middle("".join(stdout), self.max_output_chars)
+        err_text, err_cut = clip_middle("".join(stderr), self.max_output_chars)
         return ExecResult(stdout=out, stderr=err_text, images=images, status=status,
                           stdout_truncated=out_cut, stderr_truncated=err_cut, images_dropped=dropped)
 
@@ -176,10 +177,3 @@ def _short(v: Any, n: int = 300) -> str:
     s = _text(v)
     return s if len(s) <= n else s[:n] + "..."
 
-
-def _clip(text: str, limit: int) -> tuple[str, int]:
-    if len(text) <= limit:
-        return text, 0
-    half = limit // 2
-    cut = len(text) - 2 * half
-    return text[:half] + f"\n...[{cut} characters truncated]...\n" + text[-half:], cut

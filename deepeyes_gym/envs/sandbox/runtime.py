@@ -24,9 +24,14 @@ import time
 import traceback
 from typing import Any, Callable
 
-__all__ = ["Runtime", "CodeTimeout", "TRUNCATION_NOTE"]
+__all__ = ["Runtime", "CodeTimeout", "FigureError", "TRUNCATION_NOTE", "MAX_ASPECT"]
 
 TRUNCATION_NOTE = "\n...[{n} characters truncated]...\n"
+MAX_ASPECT = 200  # protocol: a returned image's long side is at most 200x its short side
+
+
+class FigureError(Exception):
+    """A figure could not be drawn (too large for memory or for Agg); it has been closed."""
 
 
 class CodeTimeout(BaseException):
@@ -138,8 +143,15 @@ class Runtime:
 
     # ---- images -----------------------------------------------------------------------------
 
-    def load_images(self, specs: list[dict[str, Any]], blob: Any) -> list[str]:
-        """Bind raw images as ``image_1``, ``image_2``, ... (PIL images at original resolution)."""
+    def load_images(self, specs: list[dict[str, Any]], blob: Any, shared: bool = False) -> list[str]:
+        """Bind raw images as ``image_1``, ``image_2``, ... (PIL images at original resolution).
+
+        A spec gives the size, the image mode, and optionally the raw layout in ``blob`` (``raw``,
+        e.g. "RGBX" for RGB at 4 bytes a pixel) and its byte ``offset``. With ``shared`` (``blob``
+        is the task's read-only shared mapping) images in PIL's own layout are mapped, not copied:
+        the G episodes of a task hold one copy of its pixels, and an image is copied only when the
+        code changes it (PIL copies read-only images before any in-place change).
+        """
         from PIL import Image
 
         names = []
@@ -147,8 +159,12 @@ class Runtime:
         off = 0
         for i, spec in enumerate(specs, start=1):
             w, h, mode = int(spec["w"]), int(spec["h"]), str(spec["mode"])
-            n = w * h * len(mode)  # RGB, RGBA, L: one byte per band
-            img = Image.frombytes(mode, (w, h), mv[off : off + n])
+            raw = str(spec.get("raw", mode))
+            off = int(spec.get("offset", off))
+            n = w * h * (4 if raw in ("RGBX", "RGBA") else len(raw))  # one byte per band otherwise
+            img = _mapped(mode, raw, (w, h), blob, off) if shared else None
+            if img is None:
+                img = Image.frombytes(mode, (w, h), mv[off : off + n], "raw", raw)
             off += n
             self.ns[f"image_{i}"] = img
             names.append(f"image_{i}")
@@ -157,7 +173,17 @@ class Runtime:
     def display(self, *objs: Any) -> None:
         """Show objects like Jupyter's ``display``: images come back, others print their repr."""
         for obj in objs:
-            if not self._add_image(obj):
+            try:
+                shown = self._add_image(obj)
+            except Exception as exc:
+                if _is_figure(obj):  # a figure that cannot be drawn must not fail every later cell
+                    import matplotlib.pyplot as plt
+
+                    plt.close(obj)
+                    raise FigureError(f"the figure could not be drawn ({type(exc).__name__}: {_safe_str(exc)}); "
+                                      "it was closed: use a smaller figsize or dpi") from None
+                raise
+            if not shown:
                 print(repr(obj))
 
     def _add_image(self, obj: Any) -> bool:
@@ -169,11 +195,8 @@ class Runtime:
 
             if isinstance(obj, Image.Image):
                 payload = lambda: obj  # noqa: E731
-        elif mod.startswith("matplotlib."):
-            from matplotlib.figure import Figure
-
-            if isinstance(obj, Figure):
-                payload = lambda: self._figure_image(obj)  # noqa: E731
+        elif _is_figure(obj):
+            payload = lambda: self._figure_image(obj)  # noqa: E731
         elif mod == "numpy" and _looks_like_image_array(obj):
             payload = lambda: _array_image(obj)  # noqa: E731
         if payload is None:
@@ -187,14 +210,29 @@ class Runtime:
         w, h = img.size
         if w < 1 or h < 1:
             return True
-        if w * h > self.max_image_pixels:
-            img = img.copy()
-            s = (self.max_image_pixels / (w * h)) ** 0.5
-            img.thumbnail((max(1, int(w * s)), max(1, int(h * s))))
+        img = self._fit(img)
         if img.mode != "RGB":
             img = img.convert("RGB")
         self._images.append((img.size[0], img.size[1], img.tobytes()))
         return True
+
+    def _fit(self, img: Any) -> Any:
+        """Bring an image within the protocol's aspect ratio and the pixel budget (before it is
+        copied for the parent, which would otherwise refuse it)."""
+        w, h = img.size
+        if max(w, h) > MAX_ASPECT * min(w, h):  # squash the long side, as the env would
+            nw, nh = (min(w, MAX_ASPECT * h), h) if w > h else (w, min(h, MAX_ASPECT * w))
+            print(f"[an image of {w}x{h} exceeds the {MAX_ASPECT}:1 aspect ratio limit and was resized to {nw}x{nh}]",
+                  file=sys.stderr)
+            img, (w, h) = img.resize((nw, nh)), (nw, nh)
+        if w * h > self.max_image_pixels:
+            s = (self.max_image_pixels / (w * h)) ** 0.5
+            nw, nh = max(1, int(w * s)), max(1, int(h * s))
+            while nw * nh > self.max_image_pixels:  # rounding a side up to 1 px must not overshoot
+                nw, nh = max(1, nw - (nw >= nh)), max(1, nh - (nh > nw))
+            img = img.copy()
+            img.thumbnail((nw, nh))
+        return img
 
     def _figure_image(self, fig: Any) -> Any:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -207,12 +245,22 @@ class Runtime:
         return Image.frombuffer("RGBA", (w, h), rgba, "raw", "RGBA", 0, 1)
 
     def _show(self, *args: Any, **kwargs: Any) -> None:
-        """Replacement for ``plt.show``: every open figure becomes an image, then closes."""
+        """Replacement for ``plt.show``: every open figure becomes an image, then all close (also
+        when one cannot be drawn: a figure left open would fail every later cell again)."""
         import matplotlib.pyplot as plt
 
-        for num in plt.get_fignums():
-            self._add_image(plt.figure(num))
-        plt.close("all")
+        failed = []
+        try:
+            for num in plt.get_fignums():
+                try:
+                    self._add_image(plt.figure(num))
+                except Exception as exc:
+                    failed.append(f"figure {num} ({type(exc).__name__}: {_safe_str(exc)})")
+        finally:
+            plt.close("all")
+        if failed:
+            raise FigureError("could not draw " + ", ".join(failed) + "; the figures were closed: "
+                              "use a smaller figsize or dpi")
 
     def install_matplotlib_hooks(self) -> None:
         """Route ``plt.show`` to :meth:`_show` (call after matplotlib is imported)."""
@@ -347,6 +395,29 @@ class Runtime:
                 os.lseek(fd, 0, os.SEEK_SET)
             except OSError:  # the cell closed or replaced the fd: capture what we can next time
                 pass
+
+
+def _mapped(mode: str, raw: str, size: tuple[int, int], buf: Any, offset: int) -> Any:
+    """A read-only PIL image over ``buf`` (None where PIL cannot map this layout)."""
+    if (mode, raw) not in (("RGB", "RGBX"), ("RGBA", "RGBA"), ("L", "L")):
+        return None
+    from PIL import Image
+
+    try:  # what Image.frombuffer does for its mappable modes; RGB is stored as RGBX by PIL itself
+        core = Image.core.map_buffer(buf, size, "raw", offset, (mode, 0, 1))
+    except Exception:
+        return None
+    img = Image.new(mode, (0, 0))._new(core)
+    img.readonly = 1
+    return img
+
+
+def _is_figure(obj: Any) -> bool:
+    if not (type(obj).__module__ or "").startswith("matplotlib."):
+        return False
+    from matplotlib.figure import Figure
+
+    return isinstance(obj, Figure)
 
 
 def _looks_like_image_array(a: Any) -> bool:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import random
 import signal
-import mmap
+import socket
 import sys
 import time
 from typing import Any
@@ -54,39 +55,41 @@ def _reseed() -> None:
             pass
 
 
-def _load(rt: Runtime, meta: dict[str, Any], blob: Any, shm: int | None) -> list[str]:
-    """Bind input images, reading pixels from the shared memory file when the parent used it."""
+def _load(rt: Runtime, meta: dict[str, Any], blob: Any, chan: socket.socket | None) -> list[str]:
+    """Bind input images; their pixels come in a sealed memfd passed over the image channel."""
     size = int(meta.get("shm", 0))
     if not size:
         return rt.load_images(meta.get("images", []), blob)
-    if shm is None:
-        raise ValueError("images were sent through shared memory but this worker has none")
-    mm = mmap.mmap(shm, size, prot=mmap.PROT_READ)
+    if chan is None:
+        raise ValueError("images were sent through shared memory but this worker has no image channel")
+    _, fds, _, _ = socket.recv_fds(chan, 16, 1)
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("the image channel carried no memory file")
     try:
-        view = memoryview(mm)
-        try:
-            return rt.load_images(meta.get("images", []), view)
-        finally:
-            view.release()
+        mm = mmap.mmap(fds[0], size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     finally:
-        mm.close()
+        os.close(fds[0])
+    # the images map the (sealed) memory file: the mapping lives as long as they do
+    return rt.load_images(meta.get("images", []), mm, shared=True)
 
 
-def main(req_fd: int, resp_fd: int, shm_fd: int | None, facts: dict[str, Any], opts: dict[str, Any]) -> None:
+def main(req_fd: int, resp_fd: int, chan_fd: int | None, facts: dict[str, Any], opts: dict[str, Any]) -> None:
     """Serve EXEC/LOAD/PING frames until the parent closes the request pipe.
 
-    ``shm_fd`` is a memory file shared with the parent: input images arrive through it in one
-    hand-off instead of many pipe round trips.
+    ``chan_fd`` is a unix socket on which the parent passes the (sealed, shared) memory file that
+    holds the input images: one fd hand-off instead of many pipe round trips.
     """
     # protocol fds out of the way of code that plays with low fds; not inherited across exec
     req = fcntl.fcntl(req_fd, fcntl.F_DUPFD_CLOEXEC, 200)
     resp = fcntl.fcntl(resp_fd, fcntl.F_DUPFD_CLOEXEC, 200)
     os.close(req_fd)
     os.close(resp_fd)
-    shm = None
-    if shm_fd is not None:
-        shm = fcntl.fcntl(shm_fd, fcntl.F_DUPFD_CLOEXEC, 200)
-        os.close(shm_fd)
+    chan = None
+    if chan_fd is not None:
+        chan = socket.socket(fileno=fcntl.fcntl(chan_fd, fcntl.F_DUPFD_CLOEXEC, 200))
+        os.close(chan_fd)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -122,7 +125,7 @@ def main(req_fd: int, resp_fd: int, shm_fd: int | None, facts: dict[str, Any], o
                     _kill_strays()
                 P.send_frame(resp, P.RESULT, rmeta, blobs)
             elif kind == P.LOAD:
-                names = _load(rt, meta, blob, shm)
+                names = _load(rt, meta, blob, chan)
                 P.send_frame(resp, P.LOADED, {"names": names})
             elif kind == P.PING:
                 P.send_frame(resp, P.PONG, {})

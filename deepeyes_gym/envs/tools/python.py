@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-from typing import Any, ContextManager, Mapping, Sequence
+import weakref
+from typing import Any, Mapping, Sequence
 
 from ..sandbox import ExecResult, LocalSandbox, RemoteSandbox, SandboxBackend, SandboxConfig, SandboxError
+from ..sandbox.admission import AdmissionCancelled, Ticket, admit
 from ..sandbox.config import DEFAULT_PRELOAD
+from ..turns import IMAGE_TOKEN, neutralize_placeholders
 from .base import Tool, ToolContext, ToolError, ToolResult
 
-__all__ = ["PythonTool", "format_code_observation"]
-
-IMAGE_TOKEN = "<image>"
-_SLOTS: dict[int, threading.BoundedSemaphore] = {}  # process-wide cell admission, by limit
-_SLOTS_LOCK = threading.Lock()
+__all__ = ["PythonTool", "format_code_observation", "prewarm_sandbox"]
 
 
 def _usable_cpus() -> int:
@@ -23,14 +21,6 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def _run_slots(limit: int) -> threading.BoundedSemaphore:
-    with _SLOTS_LOCK:
-        return _SLOTS.setdefault(limit, threading.BoundedSemaphore(limit))
-
-
-_NEUTRAL_IMAGE = "[image]"  # a "<image>" printed by the code must not pass for an image placeholder
 
 
 def format_code_observation(stdout: str, stderr: str, n_images: int) -> str:
@@ -45,7 +35,9 @@ class PythonTool(Tool):
     """Run model-written Python in a per-episode Jupyter-like session.
 
     The task's input images are bound as ``image_1``, ``image_2``, ... (PIL, original resolution)
-    before the first cell; figures shown with ``plt.show()`` (or left open at the end of a cell)
+    before the first cell (read-only views of one shared copy per task: PIL copies an image before
+    changing it, except through ``img.load()[x, y] = v``, which needs ``img = img.copy()`` first);
+    figures shown with ``plt.show()`` (or left open at the end of a cell)
     and images passed to ``display(...)`` come back, at most ``max_images_per_turn`` per cell.
 
     Args:
@@ -57,11 +49,16 @@ class PythonTool(Tool):
         isolation: ``"auto"`` (strongest available), ``"bwrap"``, ``"unshare"`` or ``"rlimits"``.
         memory_limit_mb, max_file_size_mb, tmp_size_mb, max_processes: worker limits.
         max_output_chars: per stream; the head and the tail are kept around a truncation note.
-        pool_size: warm workers kept ready by the process-wide pool.
+        pool_size: warm workers kept ready by the process-wide pool (see also :meth:`prewarm`).
+        idle_memory_mb: memory the pool's idle workers may hold (default: a quarter of the RAM).
         preload: modules imported once in the fork server (shared by all workers).
-        max_running_cells: cells of this process that may run at once (the rest queue, their time
-            limits not yet started); default: the number of usable CPUs for the local backend,
-            no limit for remote ones; 0 = no limit.
+        max_running_cells: cells that may run at once on this machine, counted over every process
+            that uses the same number (the rest queue first come, first served, their time limits
+            not yet started); default: the number of usable CPUs for the local backend, no limit
+            for remote ones; 0 = no limit.
+
+    :meth:`abort` (any thread) ends the episode at once: a running cell returns, its worker is
+    killed, a cell waiting for its turn stops waiting.
     """
 
     name = "python"
@@ -94,6 +91,7 @@ class PythonTool(Tool):
         max_image_pixels: int = 4096 * 4096,
         show_open_figures: bool = True,
         pool_size: int = 2,
+        idle_memory_mb: int | None = None,
         preload: Sequence[str] = DEFAULT_PRELOAD,
         extra_paths: Sequence[str] = (),
         max_code_chars: int = 200_000,
@@ -116,6 +114,7 @@ class PythonTool(Tool):
             preload=tuple(preload),
             extra_paths=tuple(extra_paths),
             pool_size=pool_size,
+            idle_memory_mb=idle_memory_mb,
         )
         if isinstance(backend, str) and backend.startswith(("http://", "https://")):
             backend, endpoint = "sandbox_fusion", backend
@@ -128,8 +127,9 @@ class PythonTool(Tool):
         self._remote_options = dict(remote_options or {})
         self._backend: SandboxBackend | None = backend if isinstance(backend, SandboxBackend) else None
         # Cells are CPU-bound: running more of them at once than there are cores only time-slices
-        # them (cache thrash), so local cells queue for a core. Remote sandboxes are not bound by
-        # this machine's cores. 0 = no limit. Time limits start when the cell starts running.
+        # them (cache thrash), so local cells queue for a core, node-wide and in arrival order.
+        # Remote sandboxes are not bound by this machine's cores. 0 = no limit. Time limits start
+        # when the cell starts running.
         if max_running_cells is None:
             max_running_cells = _usable_cpus() if backend == "local" else 0
         if max_running_cells < 0:
@@ -137,7 +137,10 @@ class PythonTool(Tool):
         self.max_running_cells = int(max_running_cells)
         self._active = False
         self._closed = False
+        self._aborted = threading.Event()
+        self._ticket: Ticket | None = None  # this episode's place in the admission queue
         self._lock = threading.RLock()
+        _INSTANCES.add(self)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -168,21 +171,60 @@ class PythonTool(Tool):
         """Start the sandbox now (otherwise the first episode pays the fork-server start-up)."""
         _ = self.backend
 
+    def prewarm(self, n: int, wait: float | None = None) -> int:
+        """Keep ``n`` workers ready for the coming resets (e.g. a rollout batch's B x G) and wait
+        up to ``wait`` s for them (default: the start timeout); return how many are ready. The
+        pool's memory budget (``idle_memory_mb``) caps ``n``. Local backend only (0 for remote)."""
+        backend = self.backend
+        if not isinstance(backend, LocalSandbox):
+            return 0
+        return backend.pool.prewarm(n, wait)
+
     def start_episode(self, ctx: ToolContext) -> None:
-        """Take a fresh worker and bind ``ctx.images`` as ``image_1``, ``image_2``, ..."""
+        """Take a fresh worker and bind ``ctx.images`` as ``image_1``, ``image_2``, ...; episodes of
+        one task (``ctx.task_id``, same image objects) share one read-only copy of the pixels."""
         with self._lock:
+            self._aborted.clear()
             try:
-                self.backend.start(list(ctx.images or ()))
+                backend = self.backend
+                if isinstance(backend, LocalSandbox):
+                    backend.start(list(ctx.images or ()), key=ctx.task_id)
+                else:
+                    backend.start(list(ctx.images or ()))
             except SandboxError as exc:
                 self._active = False
                 raise ToolError(f"the Python sandbox could not start: {exc}") from None
             self._active = True
+
+    async def start_episode_async(self, ctx: ToolContext) -> None:
+        """:meth:`start_episode` for asyncio code: no thread waits for a worker (local backend;
+        a remote backend starts synchronously, it only records the images)."""
+        backend = self.backend
+        self._aborted.clear()
+        try:
+            if isinstance(backend, LocalSandbox):
+                await backend.start_async(list(ctx.images or ()), key=ctx.task_id)
+            else:
+                backend.start(list(ctx.images or ()))
+        except SandboxError as exc:
+            self._active = False
+            raise ToolError(f"the Python sandbox could not start: {exc}") from None
+        self._active = True
 
     def end_episode(self) -> None:
         with self._lock:
             self._active = False
             if self._backend is not None:
                 self._backend.end()
+
+    def abort(self) -> None:
+        """From any thread: end the episode now, without waiting for its running cell or lock."""
+        self._aborted.set()
+        ticket = self._ticket
+        if ticket is not None:
+            ticket.cancel()
+        if self._backend is not None:
+            self._backend.abort()
 
     def close(self) -> None:
         with self._lock:
@@ -212,26 +254,36 @@ class PythonTool(Tool):
     def execute(self, args: Any, ctx: ToolContext) -> ToolResult:
         code = self.parse(args)
         with self._lock:
+            if self._aborted.is_set():
+                raise ToolError("the episode was aborted")
             if not self._active:
                 self.start_episode(ctx)
-            with self._run_slot():
+            if not self.max_running_cells:
+                return self.to_tool_result(self.backend.run(code, self.timeout))
+            ticket = self._ticket = admit(self.max_running_cells)
+            try:
+                if self._aborted.is_set():  # abort() may have missed the ticket
+                    ticket.cancel()
+                ticket.wait()
                 res = self.backend.run(code, self.timeout)
+            except AdmissionCancelled:
+                raise ToolError("the episode was aborted") from None
+            finally:
+                self._ticket = None
+                ticket.cancel()  # releases the slot (or the place in the queue)
         return self.to_tool_result(res)
 
-    def _run_slot(self) -> ContextManager[Any]:
-        if not self.max_running_cells:
-            return contextlib.nullcontext()
-        return _run_slots(self.max_running_cells)
-
     def to_tool_result(self, res: ExecResult) -> ToolResult:
-        stdout = res.stdout.replace(IMAGE_TOKEN, _NEUTRAL_IMAGE)
-        stderr = res.stderr.replace(IMAGE_TOKEN, _NEUTRAL_IMAGE)
+        stdout = neutralize_placeholders(res.stdout)  # printed "<image>" must not pass for an image
+        stderr = neutralize_placeholders(res.stderr)
         text = format_code_observation(stdout, stderr, len(res.images))
         error = None
         if res.status == "timeout":
             error = f"timeout after {self.timeout:g} s (session kept)"
         elif res.status == "killed":
             error = "hard timeout: the worker was killed and the session restarted"
+        elif res.status == "aborted":
+            error = "the episode was aborted"
         elif res.status == "crashed":
             error = "the sandbox worker died or failed: " + (res.stderr.strip().splitlines() or ["unknown"])[-1][:300]
         meta = {
@@ -245,3 +297,31 @@ class PythonTool(Tool):
             "isolation": self._backend.isolation_level if self._backend is not None else None,
         }
         return ToolResult(text=text, images=list(res.images), error=error, metadata=meta)
+
+
+_INSTANCES: "weakref.WeakSet[PythonTool]" = weakref.WeakSet()
+_PINNED: list[PythonTool] = []
+
+
+def prewarm_sandbox(n: int, *, wait: float | None = None, **python_tool_kwargs: Any) -> int:
+    """Start the local sandbox pool that envs made with ``tool_kwargs={"python": kwargs}`` will
+    use, keep ``n`` workers ready in it, and return how many are ready after up to ``wait`` s.
+
+    The pool stays up (and refilled to ``n``) for the rest of the process, so the first resets
+    of a rollout batch do not wait for workers to start::
+
+        prewarm_sandbox(8 * 16, wait=120)             # before making 128 envs with defaults
+    """
+    tool = PythonTool(**python_tool_kwargs)
+    _PINNED.append(tool)
+    return tool.prewarm(n, wait)
+
+
+def _forget_locks_in_child() -> None:
+    """A lock held by a parent thread at fork would never be released in the child."""
+    for tool in list(_INSTANCES):
+        tool._lock = threading.RLock()
+        tool._ticket = None
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
