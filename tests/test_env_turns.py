@@ -313,3 +313,14 @@ def test_a_policy_turn_is_recorded_exactly_as_decoded():
     env.step("<think>c\x00d</think>")
     turns = env.episode_record().turns
     assert turns[0].action == "<think>a\x00b</think>" and turns[1].action == "<think>cd</think>"
+
+
+def test_token_level_consumers_can_skip_the_reset_copy_and_prewarm_workers():
+    task = toy_tasks(1)[0]
+    env = DeepEyesEnv(None, tools=("python",), copy_reset_images=False)
+    obs, info = env.reset(options={"task": task})
+    shared = info["delta"].messages[1].images[0]
+    assert obs["images"][0] is shared and not shared.flags.writeable
+    assert env.prewarm(2, 60.0) >= 2
+    assert DeepEyesEnv(None, tools=V1).prewarm(2) == 0  # no code tool, nothing to warm
+    env.close()

@@ -83,6 +83,10 @@ class DeepEyesEnv(gym.Env[dict, "str | PolicyTurn"]):
             dropped) with a note to the model, as ``max_pixels`` does in Qwen2.5-VL pipelines.
         shuffle: serve tasks in a seeded random order (else in index order).
         system_prompt: override the prompt built from the tools.
+        copy_reset_images: give the reset observation its own copy of the input images
+            (Gymnasium's rule: no two calls return shared memory). A token-level consumer that reads
+            ``info["delta"]`` can pass False: the observation then holds the task's shared
+            read-only arrays, and a 2000² image costs no 12 MB copy per sample.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
@@ -107,6 +111,7 @@ class DeepEyesEnv(gym.Env[dict, "str | PolicyTurn"]):
         shuffle: bool = True,
         system_prompt: str | None = None,
         render_mode: str | None = None,
+        copy_reset_images: bool = True,
     ):
         if max_turns < 1:
             raise ValueError("max_turns must be >= 1")
@@ -140,6 +145,7 @@ class DeepEyesEnv(gym.Env[dict, "str | PolicyTurn"]):
         self.shuffle = shuffle
         self.system_prompt = system_prompt or build_system_prompt(list(self.tools.values()))
         self.render_mode = render_mode
+        self.copy_reset_images = copy_reset_images
         self.action_space = TurnSpace(max_action_chars)
         self.observation_space = observation_space(self.max_obs_chars, max_images=64, max_side=MAX_IMAGE_SIDE)
         self._episode: Episode | None = None
@@ -225,7 +231,7 @@ class DeepEyesEnv(gym.Env[dict, "str | PolicyTurn"]):
         self._episode = Episode(task=task, system_prompt=self.system_prompt, prompt=user)
         # The observation gets its own copy: Gymnasium's contract is that no two calls return
         # shared memory (users keep what they were given); the record keeps the shared arrays.
-        obs = {"text": user.text, "images": tuple(np.array(a) for a in arrays)}
+        obs = {"text": user.text, "images": tuple(np.array(a) for a in arrays) if self.copy_reset_images else arrays}
         delta = EnvDelta((Message("system", self.system_prompt), user), THINK_PREFILL, None)
         info = dict(public, turn=0, skipped_tasks=skipped, delta=delta, stop_reason=None)
         return obs, info
@@ -281,6 +287,13 @@ class DeepEyesEnv(gym.Env[dict, "str | PolicyTurn"]):
         reward = self._pay(info) if reason != "abort" else 0.0
         self._end_tools()
         return {"text": "", "images": ()}, reward, ep.terminated, ep.truncated, info
+
+    def prewarm(self, n: int, wait: float | None = None) -> int:
+        """Keep ``n`` code-sandbox workers ready for the coming resets (a rollout step's B × G);
+        returns how many are ready (0 without a local code tool)."""
+        tool = self._code_tool
+        prewarm = getattr(tool, "prewarm", None)
+        return int(prewarm(n, wait)) if prewarm is not None else 0
 
     def abort(self) -> None:
         """End the running episode now (safe from another thread): running tools are killed

@@ -190,7 +190,8 @@ def make_sampler(cfg: RLConfig) -> tuple[dict[str, Any], Any, TaskSampler]:
 
     import gymnasium as gym
 
-    env_kwargs = {"max_turns": cfg.max_turns, **cfg.env_kwargs}
+    # The engine reads info["delta"], never the reset observation: skip its per-sample image copy.
+    env_kwargs = {"max_turns": cfg.max_turns, "copy_reset_images": False, **cfg.env_kwargs}
     env = gym.make(cfg.env_id, **env_kwargs)
     indices = cfg.task_indices
     if cfg.task_file:
@@ -427,6 +428,7 @@ def _train(cfg: RLConfig, algo: Any) -> RLResult:
                                                 episode_max_pixels=cfg.episode_max_pixels)
     env_kwargs, probe, sampler = make_sampler(cfg)
     sampling = SamplingParams(max_tokens=cfg.max_turn_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    probe.get_wrapper_attr("prewarm")(cfg.concurrency, 60.0)  # a step's first resets find workers ready
     engine = RolloutEngine([probe] + [gym.make(cfg.env_id, **env_kwargs) for _ in range(cfg.concurrency - 1)],
                            policy, renderer, max_concurrency=cfg.concurrency,
                            max_response_tokens=cfg.max_response_tokens, sampling=sampling,
