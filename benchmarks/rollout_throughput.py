@@ -168,8 +168,11 @@ def measure(name: str, policy: Any, renderer: Any, tasks: list[Any], samples: in
             sampling: SamplingParams, max_response_tokens: int, mm_of: Any, repeats: int) -> dict[str, Any]:
     """Engine and bare runs alternate ``repeats`` times (load changes on a shared machine hit both
     alike); each side reports its best run."""
-    # Envs made up front: a training run reuses them across steps, so making them is not timed.
-    envs = [gym.make("DeepEyes-RealX-v0") for _ in range(concurrency)]
+    # Envs made up front and their sandbox workers prewarmed, as the RL trainer does: a training
+    # run reuses them across steps, so making them is not timed. The engine reads info["delta"],
+    # so the reset observation's image copy is skipped (copy_reset_images=False), as in training.
+    envs = [gym.make("DeepEyes-RealX-v0", copy_reset_images=False) for _ in range(concurrency)]
+    envs[0].get_wrapper_attr("prewarm")(concurrency, 120.0)
     engine = RolloutEngine(envs, policy, renderer, max_concurrency=concurrency,
                            max_response_tokens=max_response_tokens, sampling=sampling, record_spans=True)
     runs, bare = [], []

@@ -133,3 +133,11 @@ def test_config_reads_yaml_numbers_nested_overrides_and_rejects_unknown_keys(tmp
     with pytest.raises(ValueError, match="unknown key"):
         load_config(Outer, None, ["inner.gamma=1"])
     assert field_docs(RLConfig)["group_size"].startswith("Samples per task")
+
+
+def test_truncated_importance_sampling_logs_its_effect(tmp_path):
+    res = train_rl(config(tmp_path, "tis", steps=1, tis_cap=1.5, deterministic=False))
+    (row,) = [r for r in read_metrics(tmp_path / "tis") if "loss" in r]
+    # On-policy HF rollouts: the sampler and the learner agree, so the weights are ~1, never capped.
+    assert row["tis_weight_mean"] == pytest.approx(1.0, abs=1e-4) and row["tis_capped_frac"] == 0.0
+    assert res.steps == 1

@@ -336,6 +336,10 @@ def sequence_loss(model: torch.nn.Module, traj: Any, old_logp: torch.Tensor, adv
                           clip_low=algo.clip_low, clip_high=algo.clip_high, clip_c=algo.clip_c,
                           agg=algo.loss_agg, global_tokens=max(global_tokens, 1), global_seqs=global_seqs,
                           is_weights=isw)
+    if isw is not None:  # the correction's effect: how far from 1 the weights are, how often capped
+        n = mask.sum().clamp(min=1)
+        m["tis_weight_mean"] = float((isw[0] * mask).sum() / n)
+        m["tis_capped_frac"] = float(((isw[0] >= cfg.tis_cap) * mask).sum() / n)
     return loss, m, ent.detach(), mask
 
 
