@@ -86,7 +86,7 @@ def main() -> int:
     run_eval(RunConfig(env_id="DeepEyes-RealX-Train-v0", agent="scripted", out_dir=work / "scripted", limit=12,
                        progress=False, save_images=False))
     sft = train_sft(SFTConfig(model=str(tiny_qwen25vl_dir()), data=[str(work / "scripted")], out_dir=str(work / "sft"),
-                              epochs=6, batch_size=4, lr=2e-3, warmup_ratio=0.0, max_pixels=64 * 28 * 28))
+                              epochs=30, batch_size=4, lr=3e-3, warmup_ratio=0.0, max_pixels=64 * 28 * 28))
     cfg = RLConfig(model=str(sft.final_model), out_dir=str(work / "rl"), env_id="DeepEyes-RealX-Train-v0",
                    max_pixels=64 * 28 * 28,
                    env_kwargs={"reward": "dapo"}, algorithm="grpo", train_batch=4, group_size=4, mini_batch=16,

@@ -169,7 +169,7 @@ def test_registered_algorithms_and_a_users_own():
 def test_the_custom_algorithm_example_registers_through_a_plugin_path():
     from pathlib import Path
 
-    from deepeyes_gym.trainers.rl import import_plugin
+    from deepeyes_gym.trainers.rl_steps import import_plugin
 
     import_plugin(str(Path(__file__).parent.parent / "examples" / "custom_algorithm.py"))
     algo = get_algorithm("rank_grpo")

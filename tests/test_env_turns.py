@@ -300,7 +300,9 @@ def test_message_checks_the_placeholder_invariant():
         Message("assistant", "x", (np.zeros((2, 2, 3), np.uint8),))
     assert Message("assistant", "I wrote <image> as text").images == ()
     assert Image.open  # PIL available for parts()
-    parts = Message("user", "a" + IMAGE_TOKEN + "b", (np.zeros((2, 2, 3), np.uint8),)).parts("array")
+    from deepeyes_gym.envs.messages import message_parts
+
+    parts = message_parts(Message("user", "a" + IMAGE_TOKEN + "b", (np.zeros((2, 2, 3), np.uint8),)), "array")
     assert [p["type"] for p in parts] == ["text", "image", "text"]
 
 

@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any, Mapping
 
 from ..envs.episode import Episode
+from ..envs.messages import message_to_dict
 from ..envs.turns import PolicyTurn
 from . import AgentError
 from .base import Agent
@@ -107,7 +108,7 @@ async def _play(env, agent, out, seed, options, executor, image_format, agent_in
     out.reset_s = time.perf_counter() - t
     info_for_agent = {**info, **dict(agent_info or {})}
     info_for_agent.pop("delta", None)
-    messages: list[dict[str, Any]] = [m.to_dict(fmt, url_cache) for m in info["delta"].messages]
+    messages: list[dict[str, Any]] = [message_to_dict(m, fmt, url_cache) for m in info["delta"].messages]
     while True:
         t = time.perf_counter()
         try:
@@ -128,7 +129,7 @@ async def _play(env, agent, out, seed, options, executor, image_format, agent_in
         finally:
             out.step_s.append(time.perf_counter() - t)
         out.info = info
-        messages.extend(m.to_dict(fmt, url_cache) for m in info["delta"].messages)
+        messages.extend(message_to_dict(m, fmt, url_cache) for m in info["delta"].messages)
         if term or trunc:
             out.reward = float(reward)
             out.episode = env.get_wrapper_attr("episode_record")()

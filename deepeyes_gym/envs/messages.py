@@ -14,9 +14,10 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from .turns import Message
+from .turns import IMAGE_TOKEN, Message
 
-__all__ = ["render_messages", "image_part", "image_to_data_url", "transcript", "IMAGE_FORMATS"]
+__all__ = ["render_messages", "message_to_dict", "message_parts", "image_part", "image_to_data_url", "transcript",
+           "IMAGE_FORMATS"]
 
 IMAGE_FORMATS = ("pil", "array", "data_url")
 
@@ -48,6 +49,25 @@ def image_part(arr: np.ndarray, image_format: str = "pil", url_cache: dict[int, 
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def message_parts(m: Message, image_format: str = "pil", url_cache: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """OpenAI-style content parts: text chunks and one image part where each placeholder stood."""
+    parts: list[dict[str, Any]] = []
+    chunks = m.text.split(IMAGE_TOKEN)
+    for i, chunk in enumerate(chunks):
+        if chunk:
+            parts.append({"type": "text", "text": chunk})
+        if i < len(m.images):
+            parts.append(image_part(m.images[i], image_format, url_cache))
+    return parts
+
+
+def message_to_dict(m: Message, image_format: str = "pil", url_cache: dict[int, str] | None = None) -> dict[str, Any]:
+    """``{"role", "content"}``: a str for system/assistant, a part list for user messages."""
+    if m.role != "user":
+        return {"role": m.role, "content": m.text}
+    return {"role": m.role, "content": message_parts(m, image_format, url_cache)}
+
+
 def render_messages(
     messages: Sequence[Message], image_format: str = "pil", url_cache: dict[int, str] | None = None
 ) -> list[dict[str, Any]]:
@@ -55,7 +75,7 @@ def render_messages(
     ``{"type": "text", "text": ...}`` and image parts (see :func:`image_part`)."""
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}")
-    return [m.to_dict(image_format, url_cache) for m in messages]
+    return [message_to_dict(m, image_format, url_cache) for m in messages]
 
 
 def transcript(messages: Sequence[Message]) -> str:

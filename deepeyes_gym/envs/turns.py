@@ -100,25 +100,6 @@ class Message:
                 f"placeholder invariant broken: {n} {IMAGE_TOKEN} in the text, {len(self.images)} images"
             )
 
-    def parts(self, image_format: str = "pil", url_cache: dict[int, str] | None = None) -> list[dict[str, Any]]:
-        """OpenAI-style content parts: text chunks and one image part where each placeholder stood."""
-        from .messages import image_part  # messages imports this module
-
-        parts: list[dict[str, Any]] = []
-        chunks = self.text.split(IMAGE_TOKEN)
-        for i, chunk in enumerate(chunks):
-            if chunk:
-                parts.append({"type": "text", "text": chunk})
-            if i < len(self.images):
-                parts.append(image_part(self.images[i], image_format, url_cache))
-        return parts
-
-    def to_dict(self, image_format: str = "pil", url_cache: dict[int, str] | None = None) -> dict[str, Any]:
-        """``{"role", "content"}``: a str for system/assistant, a part list for user messages."""
-        if self.role != "user":
-            return {"role": self.role, "content": self.text}
-        return {"role": self.role, "content": self.parts(image_format, url_cache)}
-
 
 @dataclass(frozen=True)
 class EnvDelta:
@@ -165,7 +146,3 @@ class PolicyTurn:
             raise ValueError(f"finish_reason must be stop, length or abort, not {self.finish_reason!r}")
         if self.n_tokens is not None and self.n_tokens < 0:
             raise ValueError("n_tokens must be >= 0")
-
-
-def placeholders_match(text: str, images: Sequence[Any]) -> bool:
-    return text.count(IMAGE_TOKEN) == len(images)

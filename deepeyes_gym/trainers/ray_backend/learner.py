@@ -68,7 +68,7 @@ class LearnerRank:
         import torch
 
         from ...agents.hf import logprob_mismatch
-        from ..rl import _forward, _full, sequence_loss
+        from ..rl_steps import pad_to_sequence, sequence_loss, token_logprobs_entropy
 
         stale = [self.version - t.weight_version for t in trajs]
         if stale and max(stale) > max_staleness:
@@ -78,12 +78,12 @@ class LearnerRank:
         shards = [[p[s:s + mbs][self.rank::self.world] for s in range(0, n, mbs)] for p in perms]
         model = self.engine.module
         with torch.no_grad():  # old logprobs with the pre-update weights, for every index this rank trains
-            old = {i: _forward(model, trajs[i])[0] for sh in shards for part in sh for i in part}
+            old = {i: token_logprobs_entropy(model, trajs[i])[0] for sh in shards for part in sh for i in part}
         first = [i for part in shards[0] for i in part]  # each trajectory in exactly one rank's first epoch
         mm = {"n_tokens": 0, "sum_abs": 0.0, "max_abs": 0.0, "sum_k3": 0.0}
         if first:
-            masks = torch.cat([torch.tensor(_full(trajs[i], trajs[i].response_mask)) for i in first])
-            roll = torch.cat([torch.tensor(_full(trajs[i], trajs[i].logprobs), dtype=torch.float32) for i in first])
+            masks = torch.cat([torch.tensor(pad_to_sequence(trajs[i], trajs[i].response_mask)) for i in first])
+            roll = torch.cat([torch.tensor(pad_to_sequence(trajs[i], trajs[i].logprobs), dtype=torch.float32) for i in first])
             m = logprob_mismatch(roll, torch.cat([old[i] for i in first]), masks)
             mm = {"n_tokens": m["n_tokens"], "sum_abs": m["mean_abs"] * m["n_tokens"], "max_abs": m["max_abs"],
                   "sum_k3": m["kl_k3"] * m["n_tokens"]}

@@ -24,8 +24,8 @@ import torch
 from ..algorithms import get_algorithm, group_advantages
 from ..checkpoint import latest_checkpoint, write_json
 from ..metrics import MetricsLogger
-from ..rl import RLConfig, RLResult, StepBatch, _shaped_rewards, collect_groups, import_plugin, make_sampler
-from ..rl import rollout_metrics
+from ..rl_steps import RLConfig, RLResult, StepBatch, collect_groups, import_plugin, make_sampler, rollout_metrics
+from ..rl_steps import shaped_rewards
 from .config import RayConfig
 
 __all__ = ["train_rl_ray", "fresh_groups"]
@@ -127,7 +127,7 @@ async def _train(cfg: RLConfig, ray_cfg: RayConfig, algo: Any) -> RLResult:
             nxt = asyncio.create_task(collect(step + 1)) if ray_cfg.async_mode and step + 1 < cfg.steps else None
             t0 = time.perf_counter()
             if trajs:
-                rewards = torch.tensor(_shaped_rewards(trajs, cfg, algo.overlong_shaping))
+                rewards = torch.tensor(shaped_rewards(trajs, cfg, algo.overlong_shaping))
                 adv = group_advantages(rewards, cfg.group_size, algo.advantage)
                 row.update({"shaped_reward": float(rewards.mean()), "adv_abs_mean": float(adv.abs().mean())})
                 upd = await learners.update(trajs, adv, bound)

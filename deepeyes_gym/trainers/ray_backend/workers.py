@@ -58,7 +58,7 @@ class RolloutWorker:
         from ...agents.generation import SamplingParams
         from ...agents.render.qwen25vl import Qwen25VLRenderer
         from ...agents.rollout import RolloutEngine
-        from ..rl import import_plugin
+        from ..rl_steps import import_plugin
 
         for p in spec.plugins:
             import_plugin(p)
