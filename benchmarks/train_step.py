@@ -10,9 +10,7 @@ Baselines measured in the same run, on the same model and the same token counts:
 
 * ``bare generation``: the policy generates as many tokens as a step's rollouts sampled, at the
   same concurrency, with no env, no tools and no renderer; ``rollout overhead`` = rollout time /
-  bare time;
-* ``bare update``: one forward + backward over the same number of tokens with no RL bookkeeping;
-  ``update overhead`` = the trainer's update time / that.
+  bare time (what the env, the tools and the renderer add to a CPU rollout).
 
     python benchmarks/train_step.py [--quick] [--out benchmarks/results]
 """
@@ -35,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from deepeyes_gym.agents.generation import SamplingParams  # noqa: E402
-from deepeyes_gym.agents.hf import HFPolicy, forward_logits  # noqa: E402
+from deepeyes_gym.agents.hf import HFPolicy  # noqa: E402
 from deepeyes_gym.benchmarks.runner import RunConfig, run_eval  # noqa: E402
 from deepeyes_gym.trainers.metrics import read_metrics  # noqa: E402
 from deepeyes_gym.trainers.rl import RLConfig, train_rl  # noqa: E402
@@ -58,22 +56,6 @@ def bare_generation(model_dir: Path, n_requests: int, tokens_each: int) -> float
     return dt
 
 
-def bare_update(model_dir: Path, n_seqs: int, seq_len: int) -> float:
-    """Seconds for forward + backward over n_seqs sequences of seq_len tokens, one at a time."""
-    from deepeyes_gym.agents.hf import load_model
-
-    model = load_model(model_dir)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    ids = torch.randint(0, 500, (1, seq_len))
-    t0 = time.perf_counter()
-    opt.zero_grad()
-    for _ in range(n_seqs):
-        logits = forward_logits(model, ids, None)
-        logits[0, :-1].float().log_softmax(-1).gather(-1, ids[0, 1:, None]).mean().backward()
-    opt.step()
-    return time.perf_counter() - t0
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 RL steps instead of 5")
@@ -90,7 +72,7 @@ def main() -> int:
     cfg = RLConfig(model=str(sft.final_model), out_dir=str(work / "rl"), env_id="DeepEyes-RealX-Train-v0",
                    max_pixels=64 * 28 * 28,
                    env_kwargs={"reward": "dapo"}, algorithm="grpo", train_batch=4, group_size=4, mini_batch=16,
-                   steps=steps, max_turns=3, max_response_tokens=512, max_turn_tokens=96, overlong_buffer=128,
+                   steps=steps, max_turns=3, max_response_tokens=1024, max_turn_tokens=320, overlong_buffer=128,
                    concurrency=16, lr=1e-5, warmup_steps=0, save_every=0, progress=False)
     train_rl(cfg)
     rows = read_metrics(work / "rl")[1:] or read_metrics(work / "rl")  # the first step warms caches
@@ -101,16 +83,14 @@ def main() -> int:
     n_eps = cfg.train_batch * cfg.group_size
     tok_each = max(1, round(statistics.median(r["response_len"] for r in rows)))
     bare_gen = bare_generation(sft.final_model, n_eps, tok_each)
-    bare_upd = bare_update(sft.final_model, n_eps, 160 + tok_each)
     result = {
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": torch.get_num_threads()},
         "config": {"steps": steps, "episodes_per_step": n_eps, "sampled_tokens_per_episode": tok_each,
                    "tool_calls_per_traj": statistics.median(r["tool_calls_per_traj"] for r in rows)},
         "per_step_s": {"step": step, "generation": gen, "tools_summed": tools, "update": upd},
         "shares_of_step": {"generation": gen / step, "update": upd / step},
-        "baselines_s": {"bare_generation": bare_gen, "bare_update": bare_upd},
-        "ratios": {"rollout_overhead": gen / bare_gen, "update_overhead": upd / bare_upd,
-                   "tools_summed_over_generation": tools / gen},
+        "baselines_s": {"bare_generation": bare_gen},
+        "ratios": {"rollout_overhead": gen / bare_gen, "tools_summed_over_generation": tools / gen},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,7 +101,7 @@ def main() -> int:
           "| part | seconds per step | share of step | baseline (same run) | ratio |", "|---|---:|---:|---:|---:|",
           f"| generation (rollouts, tools overlapped) | {gen:.2f} | {gen / step:.2f} | bare generation {bare_gen:.2f} | {gen / bare_gen:.2f} |",
           f"| tools (summed over episodes) | {tools:.2f} | - | - | {tools / gen:.2f} of generation |",
-          f"| update (old logprobs + mini-batches) | {upd:.2f} | {upd / step:.2f} | bare fwd+bwd {bare_upd:.2f} | {upd / bare_upd:.2f} |",
+          f"| update (old logprobs + mini-batches) | {upd:.2f} | {upd / step:.2f} | - | - |",
           f"| whole step | {step:.2f} | 1.00 | | |"]
     (out / "train_step.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
