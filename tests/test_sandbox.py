@@ -22,6 +22,7 @@ from PIL import Image
 from deepeyes_gym.envs.sandbox import SandboxIsolationWarning
 from deepeyes_gym.envs.tools.base import ToolContext, ToolError
 from deepeyes_gym.envs.tools.python import PythonTool, format_code_observation
+from procs import alive
 
 MARKER = "checkout-secret-" + "5c1e7d"  # split so the code sent to the sandbox never contains it
 TIMEOUT = 1.5
@@ -69,22 +70,14 @@ def needs_namespaces(tool: PythonTool) -> None:
         pytest.skip(f"not enforced at isolation level {level(tool)!r} (see isolation_report())")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _wait_dead(pids: list[int], seconds: float = 5.0) -> list[int]:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        alive = [p for p in pids if _alive(p)]
-        if not alive:
+        living = [p for p in pids if alive(p)]
+        if not living:
             return []
         time.sleep(0.05)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if alive(p)]
 
 
 # ---- protocol output ------------------------------------------------------------------------
@@ -300,7 +293,7 @@ def test_os_exit_restarts_with_message(tool, ctx):
 def test_kill_parent(tool, ctx):
     server_pid = tool.backend._state.pool.server.proc.pid
     r = run(tool, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('after')", ctx)
-    assert _alive(os.getpid()) and _alive(server_pid)
+    assert alive(os.getpid()) and alive(server_pid)
     assert "ok" in run(tool, "print('ok')", ctx).text
     assert r.metadata["status"] in ("ok", "error", "crashed")
 
@@ -433,7 +426,7 @@ def test_parent_killed_leaves_nothing_behind():
     p = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT], stdout=subprocess.PIPE, env=env, cwd=root)
     try:
         workdir, server, worker = p.stdout.readline().decode().split()
-        assert (workdir == "-" or os.path.isdir(workdir)) and _alive(int(server)) and _alive(int(worker))
+        assert (workdir == "-" or os.path.isdir(workdir)) and alive(int(server)) and alive(int(worker))
     finally:
         p.kill()  # SIGKILL: no atexit, no finalizers
         p.wait()

@@ -8,20 +8,13 @@ import numpy as np
 import pytest
 
 from deepeyes_gym.envs import DeepEyesEnv, Task
+from procs import alive
 
 pytestmark = pytest.mark.filterwarnings("ignore::deepeyes_gym.envs.sandbox.SandboxIsolationWarning")
 
 
 def code(src: str) -> str:
     return f"<think>run it</think>\n<code>\n```python\n{src}\n```\n</code>"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.timeout(90)
@@ -47,14 +40,14 @@ def test_code_turns_through_the_env():
         assert term
         env.reset()
         assert "NameError" in env.step(code("print(a)"))[0]["text"]  # nothing leaks across episodes
-        assert not _alive(pid) or _wait(lambda: not _alive(pid))
+        assert not alive(pid) or _wait(lambda: not alive(pid))
         messages = env.messages()
         assert any("Code execution result" in str(m.get("content")) for m in messages)
         current = env.tools["python"].backend.worker_pid
         server = env.tools["python"].backend._state.pool.server.proc.pid
     finally:
         env.close()
-    assert _wait(lambda: not _alive(current) and not _alive(server)), "sandbox processes left after env.close()"
+    assert _wait(lambda: not alive(current) and not alive(server)), "sandbox processes left after env.close()"
 
 
 def _wait(cond, seconds: float = 5.0) -> bool:
@@ -85,7 +78,7 @@ def test_env_abort_from_another_thread_stops_a_running_cell():
         th.join(20)
         assert not th.is_alive(), "abort waited for the running cell"
         assert out["r"][4].get("stop_reason") == "abort"
-        assert _wait(lambda: not _alive(pid))
+        assert _wait(lambda: not alive(pid))
         env.reset(seed=1)
         assert "(8, 8)" in env.step(code("print(image_1.size)"))[0]["text"]
     finally:

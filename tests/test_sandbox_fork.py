@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from deepeyes_gym.envs import DeepEyesEnv, Task
+from procs import alive
 
 pytestmark = pytest.mark.filterwarnings("ignore::deepeyes_gym.envs.sandbox.SandboxIsolationWarning")
 
@@ -25,14 +26,6 @@ def make_env() -> DeepEyesEnv:
     img = np.zeros((24, 32, 3), dtype=np.uint8)
     tasks = [Task(id=f"f{i}", question="What is shown?", answer="nothing", images=[img]) for i in range(2)]
     return DeepEyesEnv(tasks, tools=("python",), tool_kwargs=KW, shuffle=False)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.timeout(120)
@@ -58,7 +51,7 @@ def test_async_vector_env_with_fork_after_the_parent_used_an_env():
         finally:
             venv.close()
 
-        assert _alive(worker) and _alive(server), "closing the forked envs killed the parent's sandbox"
+        assert alive(worker) and alive(server), "closing the forked envs killed the parent's sandbox"
         obs, *_ = parent.step(code("print(x, 'y' in globals())"))
         assert "parent-value False" in obs["text"], obs["text"]
         assert parent.tools["python"].backend.worker_pid == worker
@@ -94,7 +87,7 @@ def test_a_forked_child_gets_its_own_pool_and_leaves_the_parents_alone():
         os.waitpid(pid, 0)
         assert msg == b"ok", msg
         time.sleep(0.2)
-        assert _alive(worker) and backend.pool is parent_pool and not parent_pool.closed
+        assert alive(worker) and backend.pool is parent_pool and not parent_pool.closed
         obs, *_ = env.step(code("print(z)"))
         assert "1" in obs["text"]
     finally:

@@ -19,20 +19,13 @@ from deepeyes_gym.envs.sandbox.base import ExecResult, SandboxBackend
 from deepeyes_gym.envs.tools.base import ToolContext, ToolError
 from deepeyes_gym.envs.tools.python import PythonTool
 from test_sandbox_node import private_node  # noqa: F401  (fixture)
+from procs import alive
 
 pytestmark = pytest.mark.filterwarnings("ignore::deepeyes_gym.envs.sandbox.SandboxIsolationWarning")
 
 
 def _img(w: int, h: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _until(cond, seconds: float = 30.0) -> bool:
@@ -64,7 +57,7 @@ def test_prewarm_pipelines_spawns_and_is_not_capped_at_16():
         assert len({w.pid for w in idle}) == 24 and all(w.alive() for w in idle)
         pool.prewarm(0)  # back to max(pool_size, sessions) = 1: the others are freed
         assert _until(lambda: pool.stats()["idle"] == 1)
-        assert _until(lambda: sum(_alive(w.pid) for w in idle) == 1)
+        assert _until(lambda: sum(alive(w.pid) for w in idle) == 1)
     finally:
         sb.close()
 
@@ -136,7 +129,7 @@ def test_abort_kills_a_running_cell_without_waiting_for_it():
         th.join(20)
         assert not th.is_alive(), "abort waited for the running cell"
         assert out["r"].metadata["status"] == "aborted" and out["r"].error == "the episode was aborted"
-        assert _until(lambda: not _alive(pid), 5)
+        assert _until(lambda: not alive(pid), 5)
         with pytest.raises(ToolError, match="aborted"):  # the aborted episode runs nothing more
             t.execute("print(1)", ctx)
         t.start_episode(ctx)  # the next episode starts normally
