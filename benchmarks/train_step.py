@@ -1,10 +1,11 @@
 """Time per DAPO step on this CPU, split into generation / tools / update, with baselines.
 
-A tiny Qwen2.5-VL is first taught the bundled suite's tool use by a short cold-start SFT on the
-scripted agent's episodes (so rollouts really call the tools), then ``train_rl`` runs a few steps
-on ``DeepEyes-RealX-Train-v0`` (images capped at 64 visual tokens). Per step the trainer logs ``time/generation_s`` (the whole rollout phase,
-tools included), ``time/tools_s`` (summed tool wall time across episodes, which overlaps
-generation) and ``time/update_s`` (old logprobs + the mini-batch updates).
+The policy is stage 1 of ``examples/two_stage_tiny.py``: a tiny Qwen2.5-VL SFT'd on the toy
+counting family, so every rollout really runs the code tool (one sandboxed Python call per
+episode, then an answer). ``train_rl`` then runs a few DAPO steps from it with the example's RL
+settings. Per step the trainer logs ``time/generation_s`` (the whole rollout phase, tools
+included), ``time/tools_s`` (summed tool wall time across episodes, which overlaps generation)
+and ``time/update_s`` (old logprobs + the mini-batch updates).
 
 Baselines measured in the same run, on the same model and the same token counts:
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import platform
 import statistics
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,10 +37,6 @@ import torch  # noqa: E402
 
 from deepeyes_gym.agents.generation import SamplingParams  # noqa: E402
 from deepeyes_gym.agents.hf import HFPolicy  # noqa: E402
-from deepeyes_gym.benchmarks.runner import RunConfig, run_eval  # noqa: E402
-from deepeyes_gym.trainers.metrics import read_metrics  # noqa: E402
-from deepeyes_gym.trainers.rl import RLConfig, train_rl  # noqa: E402
-from deepeyes_gym.trainers.sft import SFTConfig, train_sft  # noqa: E402
 
 
 def bare_generation(model_dir: Path, n_requests: int, tokens_each: int) -> float:
@@ -56,33 +55,38 @@ def bare_generation(model_dir: Path, n_requests: int, tokens_each: int) -> float
     return dt
 
 
+def _load_example(name: str) -> Any:
+    """Import ``examples/<name>.py`` (its stage 1 builds this benchmark's policy)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up while it loads
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 RL steps instead of 5")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
-    from deepeyes_gym.agents.tiny import tiny_qwen25vl_dir
-
     work = Path(tempfile.mkdtemp(prefix="train-step-"))
     steps = 2 if args.quick else 5
-    run_eval(RunConfig(env_id="DeepEyes-RealX-Train-v0", agent="scripted", out_dir=work / "scripted", limit=12,
-                       progress=False, save_images=False))
-    sft = train_sft(SFTConfig(model=str(tiny_qwen25vl_dir()), data=[str(work / "scripted")], out_dir=str(work / "sft"),
-                              epochs=30, batch_size=4, lr=3e-3, warmup_ratio=0.0, max_pixels=64 * 28 * 28))
-    cfg = RLConfig(model=str(sft.final_model), out_dir=str(work / "rl"), env_id="DeepEyes-RealX-Train-v0",
-                   max_pixels=64 * 28 * 28,
-                   env_kwargs={"reward": "dapo"}, algorithm="grpo", train_batch=4, group_size=4, mini_batch=16,
-                   steps=steps, max_turns=3, max_response_tokens=1024, max_turn_tokens=320, overlong_buffer=128,
-                   concurrency=16, lr=1e-5, warmup_steps=0, save_every=0, progress=False)
-    train_rl(cfg)
-    rows = read_metrics(work / "rl")[1:] or read_metrics(work / "rl")  # the first step warms caches
+    ts = _load_example("two_stage_tiny")
+    torch.set_num_threads(1)  # as the example: one intra-op thread is faster on a shared 2-core machine
+    st = ts.Settings(seeds=(0,), rl_steps=steps)
+    ts.register_envs(st)
+    ts.make_sft_store(st, work / "sft_data")
+    base = ts.build_model(work / "base", seed=0, hidden=st.hidden, layers=st.layers)
+    sft_model = ts.run_sft(base, work / "sft_data", work / "sft", st, 0)
+    _, rows = ts.run_rl(sft_model, work / "rl", st, 0)
+    rows = rows[1:] or rows  # the first step warms caches
     gen = statistics.median(r["time/generation_s"] for r in rows)
     tools = statistics.median(r["time/tools_s"] for r in rows)
     upd = statistics.median(r["time/update_s"] for r in rows)
     step = statistics.median(r["time/step_s"] for r in rows)
-    n_eps = cfg.train_batch * cfg.group_size
+    n_eps = round(statistics.median(r["episodes"] for r in rows))  # every episode a step generated
     tok_each = max(1, round(statistics.median(r["response_len"] for r in rows)))
-    bare_gen = bare_generation(sft.final_model, n_eps, tok_each)
+    bare_gen = bare_generation(sft_model, n_eps, tok_each)
     result = {
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": torch.get_num_threads()},
         "config": {"steps": steps, "episodes_per_step": n_eps, "sampled_tokens_per_episode": tok_each,
@@ -95,7 +99,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_step.json").write_text(json.dumps(result, indent=2))
-    md = ["# RL step on CPU (tiny Qwen2.5-VL, DeepEyes-RealX-Train-v0)", "",
+    md = ["# DAPO step on CPU (tiny Qwen2.5-VL SFT'd on the toy counting family)", "",
           f"{n_eps} episodes per step, about {tok_each} sampled tokens each, "
           f"{result['config']['tool_calls_per_traj']:.2f} tool calls per episode (median over steps).", "",
           "| part | seconds per step | share of step | baseline (same run) | ratio |", "|---|---:|---:|---:|---:|",

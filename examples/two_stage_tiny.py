@@ -1,50 +1,50 @@
 """The paper's two-stage finding at toy scale, on CPU, with a tiny model built on the spot.
 
 DeepEyesV2's central training result: RL alone does not teach a model to use tools; a cold-start
-SFT stage on tool-using trajectories followed by DAPO does. This script reproduces the shape of
-that result with a random-weight Qwen2.5-VL of a few hundred thousand parameters, on a task family
-where the answer can only be read from a tool's output:
+SFT stage on tool-using trajectories followed by DAPO does, and beats the SFT stage alone. This
+script reproduces the shape of that result with a random-weight Qwen2.5-VL of 0.5 M parameters,
+on a task family where the answer can only be read from a tool's output:
 
 * **Task family** (``toy_count``, the bundled toy suite): a 640×480 canvas with small red, green
   and blue squares; "How many <colour> squares are in the image?". The model sees the image at
   56×56 pixels (4 visual tokens), where 10-pixel squares are invisible; the only way to the answer
   is to write pixel-counting Python (the env's sandboxed code tool runs it on the original image)
   and copy the printed count into ``<answer>``. Reward: the ``dapo`` preset (+1 right, −1 wrong).
-* **Model**: a byte-level BPE trained here on the protocol text (digits kept one per token), and a
-  random-weight ``Qwen2_5_VLForConditionalGeneration`` (text width 128, vision tower width 32).
-* **Stage 1 (SFT)**: the reference solution (read the colour from the question, run the counting
-  code, read stdout, answer) is played through the env, so every observation is the tool's real
-  output, and stored with ``EpisodeStore``; ``train_sft`` trains on them (tool outputs masked),
-  stopped short of SFT's cliff (17 epochs) so SFT alone is only partly right.
-* **Stage 2 (RL)**: ``train_rl`` with DAPO (clip-higher, dynamic sampling, token-level loss)
-  from the SFT model, and, as the control, the same DAPO run from the untrained model.
+* **Model**: a byte-level BPE trained here on the protocol text (digits one per token) and a
+  random-weight ``Qwen2_5_VLForConditionalGeneration`` (text width 128, vision tower width 32),
+  both from :mod:`deepeyes_gym.agents.tiny`'s builders.
+* **Stage 1 (SFT)**: a teacher plays every training task through the env (so each observation is
+  the tool's real output): it writes the counting code for a colour, runs it, and answers what it
+  printed. The teacher has one systematic slip: on 2 of 3 blue questions it counts the green
+  pixels. Its trajectories are kept as they are (``only_correct=False``), so the cold-start data
+  teaches tool use, the answer format and copying, and also the slip; greedy SFT then answers blue
+  questions with the green count. (At toy scale an accuracy filter would remove the slips; they
+  stand for the errors that survive curation in a real cold-start set. With the filter on, this
+  family is too easy to leave RL anything: 26 SFT epochs alone reached 1.0, 1.0 and 0.86 accuracy on
+  36 held-out tasks, seeds 0-2.) ``train_sft`` trains on them, tool outputs masked.
+* **Stage 2 (RL)**: ``train_rl`` with DAPO (clip-higher, dynamic sampling, token-level loss) from
+  the SFT model, rewarded on the answer only; and, as the control, the same DAPO run from the
+  untrained model.
 * **Evaluation**: ``run_eval`` with the ``hf`` agent, greedy, on held-out tasks, for four arms:
-  base, SFT, SFT→DAPO, DAPO from base. Accuracy and tool-call rate per arm, mean over seeds with a
-  95 % t-interval.
+  base, SFT, SFT→DAPO, DAPO from base. Accuracy (overall, on blue questions, on red/green ones)
+  and tool-call rate per arm, mean over seeds with a 95 % t-interval; the RL gain paired by seed.
 
 Outputs in ``--out`` (default ``runs/two_stage_tiny``): ``results.json``, ``results.md``,
 ``two_stage.png``, and every run folder (SFT/RL metrics.jsonl, eval episodes).
 
-    python examples/two_stage_tiny.py                 # full: 3 seeds (554 s measured on 2 shared cores)
+    python examples/two_stage_tiny.py                 # full: 5 seeds
     python examples/two_stage_tiny.py --quick         # smoke: 1 seed, a few steps (about a minute)
 
-Cost, measured on the shared 2-core machine (load 2-8): per seed ~180-190 s (SFT ~15 s, both RL
-arms ~120 s, four evals of 48 tasks ~40 s); more when other jobs load the machine (one torch
-thread: see ``run``).
-
-Recorded result at these settings (seeds 0-2; DAPO, 10 steps x 4 groups x G=8, T=1.0, lr 1e-4,
-clip_high 0.28, 2 full-batch updates per step, at most 2 generation rounds; SFT 17 epochs):
-finding (b) holds (DAPO from the untrained model: every group all-wrong, no update; 0 tool calls,
-0 accuracy). Finding (a) does **not** hold by its criterion (paired interval above 0): SFT 0.368
-[-0.287, 1.023], SFT->DAPO 0.444 [-0.128, 1.017], paired gain +0.076 [-0.105, +0.258] (per seed
-0.42->0.42, 0.08->0.23, 0.60->0.69: up or flat on every seed, but 3 seeds give a wide interval).
-RL rollouts had reward spread (filtered-group fraction 0.13) and kept the format (0.55 at T=1).
-What the SFT model gets wrong: it writes the right colour's code but does not copy the printed
-count into the answer (answers "1"/"2" whatever was printed, or drops ``</think><answer>``).
-Single-seed probes (seed 0 unless noted): SFT 16 epochs 0.19 -> 20 steps lr 1e-4 x1 update 0.13,
-SFT 14 epochs 0.13 -> lr 5e-5 x2 0.19, SFT 16 -> 12 steps lr 3e-4 x1 0.17, SFT 17 -> lr 2e-4 x2
-0.29 (from 0.42), SFT 18 epochs is already 1.0. The earlier setting (SFT 12 epochs, 8 steps,
-T 0.7, lr 2e-4, 8 updates per step, 1 round) gave a paired gain of -0.062 [-0.453, +0.328].
+Recorded result (seeds 0-4, 48 held-out tasks, 850 s on 2 cores shared with other jobs, load
+2-9; about 165 s per seed): base 0.000; SFT 0.762 [0.739, 0.786] (blue questions 0.21, red/green
+0.99); SFT->DAPO 0.929 [0.800, 1.058] (blue 0.84, red/green 0.97); DAPO from base 0.000 with no
+tool call. Paired RL gain +0.167 [+0.027, +0.306]: finding (a) holds (per seed 0.77->1.00,
+0.77->0.88, 0.77->1.00, 0.77->0.77, 0.73->1.00; on seed 3 DAPO did not flip the blue questions
+within 10 steps); finding (b) holds (every group from the untrained model is all-wrong, dynamic
+sampling filters it: no gradient). What RL cost: at T=1 some rollouts break the answer turn after
+a printed "1" ("<answer>1.</think>..."); on seed 1 greedy decoding inherited it (red/green 1.00 ->
+0.82), and the format rate fell on seeds 1-2 (0.67 -> 0.33, 0.81 -> 0.40: extra text around a right
+answer). At lr 1e-4 the same break happened on 1 seed of 4.
 """
 
 from __future__ import annotations
@@ -76,33 +76,38 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220)} 
 TRAIN_ENV_ID = "TwoStageTiny-Count-Train-v0"
 EVAL_ENV_ID = "TwoStageTiny-Count-Eval-v0"
 IMAGE_PIXELS = 56 * 56  # at most 4 merged visual tokens per image
+METRICS = ("accuracy", "blue_accuracy", "other_accuracy", "tool_call_rate", "tool_ok_rate", "format_rate")
 
 
 @dataclass
 class Settings:
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     n_train_tasks: int = 64
     n_eval_tasks: int = 48  # held-out tasks per greedy eval (more tasks: less per-seed eval noise)
     hidden: int = 128
     layers: int = 2
-    # SFT sits on a cliff: on seed 0, 16 epochs give 0.19 held-out accuracy (the model answers "1"
-    # or "2" whatever the code printed: it has not learnt to copy the tool's output), 17 give 0.42,
-    # 18 give 1.0; seed 1 at 17 epochs is still at 0.08. 17 leaves room for RL on most seeds.
-    sft_epochs: int = 17
+    # Copying the printed count is learnt abruptly (a cliff between 16 and 26 epochs whose place
+    # varies by seed); 22 epochs on the unfiltered 64 episodes are past it on seeds 0-4.
+    sft_epochs: int = 22
+    # The teacher counts green pixels on this share of the blue questions (a systematic slip that an
+    # accuracy filter would catch at toy scale, standing for the errors that survive curation at
+    # real scale); SFT imitates it, greedy decoding then answers every blue question the wrong way.
+    teacher_confusion: float = 2 / 3
+    sft_only_correct: bool = False  # train on the teacher's trajectories as they are (slips included)
     sft_batch: int = 16
     sft_lr: float = 3e-3
     rl_steps: int = 10
     rl_batch: int = 4  # tasks (groups) per step
     rl_group: int = 8  # samples per task, G
-    rl_lr: float = 1e-4  # gentle: 2e-4 x 8 updates per step drifted off the answer format
+    rl_lr: float = 5e-5  # gentle: at 1e-4 one seed of four lost the answer format on count-1 tasks
     rl_temperature: float = 1.0  # the paper's
     rl_algorithm: str = "dapo"
     rl_clip_high: float | None = 0.28  # DAPO's clip-higher ε_high
-    # Two generation rounds per step at most (dynamic sampling drops all-right/all-wrong groups;
-    # with one round only 0-3 of 4 groups were kept): generation is ~90 % of a step's time on CPU.
+    # Two generation rounds per step at most (dynamic sampling drops all-right/all-wrong groups and
+    # generates more): generation is most of a step's time on CPU.
     rl_max_gen_rounds: int = 2
     # Several clipped updates per batch of rollouts (PPO-style reuse; this is where clip-higher
-    # acts): updates cost ~1 s against ~10 s of generation per step.
+    # acts): updates cost ~1 s against ~3 s of generation per step.
     rl_minibatches: int = 1  # mini-batches per pass over a step's trajectories
     rl_ppo_epochs: int = 2  # passes over a step's trajectories (updates per step = this × rl_minibatches)
     max_turn_tokens: int = 48  # the reference code turn is 32 tokens, the answer turn 8
@@ -151,8 +156,21 @@ def register_envs(s: Settings) -> None:
 ENV_KWARGS = {"reward": "dapo", "tools": ["python"], "system_prompt": SYSTEM_PROMPT}
 
 
-def make_sft_store(s: Settings, out: Path) -> Path:
-    """Play the reference solution through the env (real tool outputs) and store the episodes."""
+def teacher_colours(tasks: list[Any], confusion: float, seed: int = 0) -> list[str]:
+    """The colour whose pixels the teacher counts, per task: the asked one, except on a fixed
+    ``confusion`` share of the blue questions, where it counts the green ones (its systematic slip)."""
+    asked = [t.metadata["colour"] for t in tasks]
+    blue = [i for i, c in enumerate(asked) if c == "blue"]
+    slips = set(random.Random(seed).sample(blue, round(confusion * len(blue))))
+    return ["green" if i in slips else c for i, c in enumerate(asked)]
+
+
+def make_sft_store(s: Settings, out: Path) -> dict[str, Any]:
+    """Play the teacher through the env (real tool outputs) and store its episodes as they are.
+
+    The teacher writes the counting code for a colour, runs it, and answers what it printed; its
+    trajectories are kept unfiltered, so its slips on blue questions are in the cold-start data too.
+    """
     import gymnasium as gym
 
     from deepeyes_gym.envs.episode_io import EpisodeStore
@@ -160,39 +178,29 @@ def make_sft_store(s: Settings, out: Path) -> Path:
     env = gym.make(TRAIN_ENV_ID, max_turns=s.max_turns, **ENV_KWARGS)
     store = EpisodeStore(out)
     tasks = env.get_wrapper_attr("tasks")
-    n_ok = 0
+    colours = teacher_colours(tasks, s.teacher_confusion)
+    right = []
     try:
-        for task in tasks:
-            obs, _ = env.reset(options={"task": task})
-            colour = re.search(r"How many (\w+) squares", obs["text"]).group(1)
+        for task, colour in zip(tasks, colours):
+            env.reset(options={"task": task})
             obs, *_ = env.step(code_action(colour))
             printed = re.search(r"stdout:\n```\n(\d+)\s*```", obs["text"]).group(1)  # read the tool, not the task
             _, _, terminated, _, info = env.step(answer_action(printed))
             assert terminated
-            n_ok += int(info["accuracy"] == 1.0)
+            right.append(info["accuracy"] == 1.0)
             store.append(env.get_wrapper_attr("episode_record")())
     finally:
         env.close()
-    if n_ok != len(tasks):
-        raise RuntimeError(f"the reference solution solved {n_ok}/{len(tasks)} tasks")
-    return out
+    honest = [ok for ok, t, c in zip(right, tasks, colours) if c == t.metadata["colour"]]
+    if not all(honest):
+        raise RuntimeError(f"the teacher's code for the asked colour solved {sum(honest)}/{len(honest)} tasks")
+    blue = [ok for ok, t in zip(right, tasks) if t.metadata["colour"] == "blue"]
+    return {"episodes": len(tasks), "teacher_accuracy": sum(right) / len(right),
+            "teacher_blue_accuracy": sum(blue) / max(1, len(blue)), "slips": sum(a != t.metadata["colour"]
+                                                                               for a, t in zip(colours, tasks))}
 
 
 # ----------------------------------------------------------------------------- tiny model
-
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-ADDED_TOKENS = ("<tool_call>", "</tool_call>")
-CHAT_TEMPLATE = (  # Qwen2-VL's hub template
-    "{% set image_count = namespace(value=0) %}{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
-    "<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "<|vision_start|><|image_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
 
 def _corpus(n: int = 400, seed: int = 0) -> list[str]:
     """The protocol text this family uses, with varied digits (what the tokenizer is trained on)."""
@@ -212,78 +220,18 @@ def _corpus(n: int = 400, seed: int = 0) -> list[str]:
     return lines
 
 
-def build_tokenizer(out: Path, vocab_size: int = 800) -> None:
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    # Digits one per token (so a count is copied digit by digit); elsewhere merges may span words.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\p{N}|\n"), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
-    tok.add_tokens(list(ADDED_TOKENS))
-    out.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-        "bos_token": None, "model_max_length": 32768, "clean_up_tokenization_spaces": False,
-        "split_special_tokens": False, "chat_template": CHAT_TEMPLATE,
-    }, indent=2))
-
-
 def build_model(out: Path, *, seed: int, hidden: int, layers: int) -> Path:
-    """A random-weight Qwen2.5-VL with the tokenizer above, seeded (one per experiment seed)."""
-    import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    """A random-weight Qwen2.5-VL (seeded, one per experiment seed) with a tokenizer trained here on
+    this family's text; digits are split one per token, so a count is copied digit by digit."""
+    from deepeyes_gym.agents.tiny import build_qwen25vl, train_tokenizer
 
-    build_tokenizer(out)
-    tok = json.loads((out / "tokenizer.json").read_text())
-    ids = {t["content"]: t["id"] for t in tok["added_tokens"]}
-    vocab = (len(tok["model"]["vocab"]) + len(SPECIAL_TOKENS) + len(ADDED_TOKENS) + 63) // 64 * 64
+    tok = train_tokenizer(out / "tokenizer", _corpus(), vocab_size=800, split=r"\p{N}|\n")
+    ids = {t["content"]: t["id"] for t in json.loads((tok / "tokenizer.json").read_text())["added_tokens"]}
+    eos, pad = ids["<|im_end|>"], ids["<|endoftext|>"]
     heads = max(2, hidden // 32)
-    head_dim = hidden // heads
-    q = head_dim // 4
-    mrope = [head_dim // 2 - 2 * q, q, q]  # sums to head_dim / 2
-    flat = {
-        "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl", "vocab_size": vocab,
-        "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "num_key_value_heads": max(1, heads // 2), "hidden_act": "silu",
-        "max_position_embeddings": 4096, "max_window_layers": layers, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "sliding_window": 4096, "use_sliding_window": False, "attention_dropout": 0.0,
-        "initializer_range": 0.02, "tie_word_embeddings": False, "use_cache": True, "torch_dtype": "float32",
-        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
-        "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
-        "vision_token_id": ids["<|vision_pad|>"], "image_token_id": ids["<|image_pad|>"],
-        "video_token_id": ids["<|video_pad|>"],
-        "rope_scaling": {"type": "mrope", "mrope_section": mrope},
-        "vision_config": {
-            "depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "hidden_act": "silu",
-            "in_chans": 3, "in_channels": 3, "out_hidden_size": hidden, "patch_size": 14, "spatial_patch_size": 14,
-            "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56, "fullatt_block_indexes": [0],
-            "tokens_per_second": 2, "initializer_range": 0.02,
-        },
-    }
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**flat)).eval()
-    model.save_pretrained(out, safe_serialization=True)
-    (out / "config.json").write_text(json.dumps(flat, indent=2))  # the flat hub layout
-    (out / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"],
-        "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]]}, indent=2))
-    (out / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "Qwen2VLImageProcessor", "do_resize": True, "do_rescale": True,
-        "do_normalize": True, "do_convert_rgb": True, "rescale_factor": 1 / 255,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "min_pixels": IMAGE_PIXELS // 2, "max_pixels": IMAGE_PIXELS, "patch_size": 14, "temporal_patch_size": 2,
-        "merge_size": 2, "resample": 3,
-    }, indent=2))
-    return out
+    return build_qwen25vl(out, tok, seed=seed, hidden=hidden, layers=layers, heads=heads, kv_heads=max(1, heads // 2),
+                          rope_theta=10000.0, vision_depth=1, min_pixels=IMAGE_PIXELS // 2, max_pixels=IMAGE_PIXELS,
+                          generation={"bos_token_id": pad, "pad_token_id": pad, "eos_token_id": [eos, pad]})
 
 
 # ----------------------------------------------------------------------------- stages
@@ -303,9 +251,15 @@ def evaluate(model_dir: Path, out: Path, s: Settings) -> dict[str, Any]:
         return any(t.get("tool") and (not ok_only or (t.get("error") is None and re.search(
             r"stderr:\n```\n\s*```", t.get("observation") or ""))) for t in r.get("turns", []))
 
+    def acc(blue: bool) -> float:  # accuracy on the questions where the teacher slips (blue) / never slips
+        sub = [r["accuracy"] for r in recs if ("How many blue" in r["question"]) == blue]
+        return sum(sub) / max(1, len(sub))
+
     return {
         "n": len(recs),
         "accuracy": sum(r["accuracy"] for r in recs) / n,
+        "blue_accuracy": acc(True),
+        "other_accuracy": acc(False),
         "tool_call_rate": sum(used_tool(r) for r in recs) / n,
         "tool_ok_rate": sum(used_tool(r, True) for r in recs) / n,
         "format_rate": sum(bool(r.get("format_ok")) for r in recs) / n,
@@ -318,7 +272,7 @@ def run_sft(model_dir: Path, store: Path, out: Path, s: Settings, seed: int) -> 
 
     res = train_sft(SFTConfig(model=str(model_dir), data=[str(store)], out_dir=str(out), epochs=s.sft_epochs,
                               batch_size=s.sft_batch, lr=s.sft_lr, warmup_ratio=0.1, max_pixels=IMAGE_PIXELS,
-                              freeze_vision=True, seed=seed, device="cpu"))
+                              freeze_vision=True, only_correct=s.sft_only_correct, seed=seed, device="cpu"))
     return res.final_model
 
 
@@ -366,13 +320,15 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     s = results["summary"]
     lines = [
-        "| arm | accuracy (95% CI over seeds) | tool-call rate (95% CI) | code ran without error | format ok |",
-        "| --- | --- | --- | --- | --- |",
+        "| arm | accuracy (95% CI over seeds) | blue questions | red/green questions | tool-call rate (95% CI) "
+        "| code ran without error | format ok |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm in ARMS:
-        a, t, k, f = (s[arm][key] for key in ("accuracy", "tool_call_rate", "tool_ok_rate", "format_rate"))
-        lines.append(f"| {ARM_LABELS[arm]} | {a['mean']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] | "
-                     f"{t['mean']:.3f} [{t['ci95'][0]:.3f}, {t['ci95'][1]:.3f}] | {k['mean']:.3f} | {f['mean']:.3f} |")
+        a, bl, ot, t, k, f = (s[arm][key] for key in METRICS)
+        lines.append(f"| {ARM_LABELS[arm]} | {a['mean']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] | {bl['mean']:.3f} | "
+                     f"{ot['mean']:.3f} | {t['mean']:.3f} [{t['ci95'][0]:.3f}, {t['ci95'][1]:.3f}] | {k['mean']:.3f} | "
+                     f"{f['mean']:.3f} |")
     d = results["findings"]
     st = results["settings"]
     lines += [
@@ -390,7 +346,10 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"G={st['rl_group']}, T={st['rl_temperature']}, lr {st['rl_lr']:g}, clip_high {st['rl_clip_high']}, "
         f"{st['rl_updates_per_step']} updates per step "
         f"({st['rl_ppo_epochs']} epochs × {st['rl_minibatches']} mini-batches), max_gen_rounds {st['rl_max_gen_rounds']}; "
-        f"SFT {st['sft_epochs']} epochs, batch {st['sft_batch']}, lr {st['sft_lr']:g}.",
+        f"SFT {st['sft_epochs']} epochs, batch {st['sft_batch']}, lr {st['sft_lr']:g}, on the teacher's "
+        f"{results['sft_data']['episodes']} unfiltered episodes ({results['sft_data']['slips']} slips; teacher "
+        f"accuracy {results['sft_data']['teacher_accuracy']:.2f}, on blue questions "
+        f"{results['sft_data']['teacher_blue_accuracy']:.2f}).",
     ]
     rows = [r for hist in results["rl_curves"]["sft_dapo"] for r in hist]
     fg = [r["filtered_group_frac"] for r in rows if r.get("filtered_group_frac") is not None]
@@ -408,9 +367,11 @@ def plot(results: dict[str, Any], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     s = results["summary"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
     x = np.arange(len(ARMS))
-    for ax, key, title in ((axes[0], "accuracy", "held-out accuracy"), (axes[1], "tool_call_rate", "tool-call rate")):
+    for ax, key, title in ((axes[0], "accuracy", "held-out accuracy"),
+                           (axes[1], "blue_accuracy", "accuracy on blue questions (the teacher's slips)"),
+                           (axes[2], "tool_call_rate", "tool-call rate")):
         means = [s[a][key]["mean"] for a in ARMS]
         err = [s[a][key]["half_width"] for a in ARMS]
         ax.bar(x, means, yerr=err, capsize=5, color=["#999", "#6a9fd4", "#2a6fb0", "#d47a6a"])
@@ -418,8 +379,8 @@ def plot(results: dict[str, Any], out: Path) -> Path:
             ax.scatter([i] * len(s[a][key]["per_seed"]), s[a][key]["per_seed"], color="k", s=10, zorder=3)
         ax.set_xticks(x, [ARM_LABELS[a] for a in ARMS], fontsize=8)
         ax.set_ylim(0, 1.05)
-        ax.set_title(f"{title} (mean ± 95% CI, dots = seeds)", fontsize=9)
-    ax = axes[2]
+        ax.set_title(f"{title}\n(mean ± 95% CI, dots = seeds)", fontsize=9)
+    ax = axes[3]
     for arm, colour in (("sft_dapo", "#2a6fb0"), ("dapo_from_base", "#d47a6a")):
         for i, hist in enumerate(results["rl_curves"][arm]):
             steps = [h["step"] for h in hist]
@@ -457,8 +418,8 @@ def run(s: Settings, out: Path, log_fn=print) -> dict[str, Any]:
     register_envs(s)
     store = out / "sft_data"
     shutil.rmtree(store, ignore_errors=True)
-    make_sft_store(s, store)
-    log_fn(f"[{time.perf_counter() - t_start:5.0f}s] SFT store: {s.n_train_tasks} reference episodes")
+    sft_data = make_sft_store(s, store)
+    log_fn(f"[{time.perf_counter() - t_start:5.0f}s] SFT store: {sft_data}")
     per_seed: dict[str, list[dict[str, Any]]] = {a: [] for a in ARMS}
     curves: dict[str, list[list[dict[str, Any]]]] = {"sft_dapo": [], "dapo_from_base": []}
     timings = []
@@ -480,9 +441,8 @@ def run(s: Settings, out: Path, log_fn=print) -> dict[str, Any]:
         curves["dapo_from_base"].append([{k: r.get(k) for k in keep} for r in h2])
         timings.append({"seed": seed, "sft_s": t_sft, "rl_s": t_rl, "total_s": time.perf_counter() - t0})
         log_fn(f"[{time.perf_counter() - t_start:5.0f}s] seed {seed}: " + ", ".join(
-            f"{a} acc {per_seed[a][-1]['accuracy']:.2f} tools {per_seed[a][-1]['tool_call_rate']:.2f}" for a in ARMS))
-    summary = {a: {k: mean_ci([r[k] for r in per_seed[a]]) for k in ("accuracy", "tool_call_rate", "tool_ok_rate",
-                                                                    "format_rate")} for a in ARMS}
+            f"{a} acc {per_seed[a][-1]['accuracy']:.2f} (blue {per_seed[a][-1]['blue_accuracy']:.2f}) tools {per_seed[a][-1]['tool_call_rate']:.2f}" for a in ARMS))
+    summary = {a: {k: mean_ci([r[k] for r in per_seed[a]]) for k in METRICS} for a in ARMS}
     gain = paired_diff([r["accuracy"] for r in per_seed["sft_dapo"]], [r["accuracy"] for r in per_seed["sft"]])
     b = summary["dapo_from_base"]
     findings = {
@@ -497,7 +457,7 @@ def run(s: Settings, out: Path, log_fn=print) -> dict[str, Any]:
         "settings": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items()},
                      "image_pixels": IMAGE_PIXELS, "reward": "dapo",
                      "rl_updates_per_step": s.rl_ppo_epochs * s.rl_minibatches},
-        "arms": list(ARMS), "per_seed": per_seed, "summary": summary, "findings": findings,
+        "sft_data": sft_data, "arms": list(ARMS), "per_seed": per_seed, "summary": summary, "findings": findings,
         "rl_curves": curves, "timings": timings, "wall_s": time.perf_counter() - t_start,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }

@@ -28,11 +28,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 __all__ = [
     "model_dir", "SPECIAL_TOKENS", "ADDED_TOKENS", "QWEN2_VL_CHAT_TEMPLATE", "tiny_tokenizer_dir",
-    "tiny_qwen25vl_dir", "tiny_qwen2_dir", "cache_root", "build_times",
+    "tiny_qwen25vl_dir", "tiny_qwen2_dir", "cache_root", "build_times", "train_tokenizer", "build_qwen25vl",
+    "qwen25vl_config", "mrope_section",
 ]
 
 SPECIAL_TOKENS = (
@@ -144,22 +145,27 @@ def _corpus(n: int = 1500, seed: int = 0) -> list[str]:
     return lines
 
 
-def _build_tokenizer(out: Path) -> None:
+def train_tokenizer(out: Path, corpus: Iterable[str], *, vocab_size: int = VOCAB_SIZE, split: str = _QWEN_SPLIT,
+                    chat_template: str = QWEN2_VL_CHAT_TEMPLATE) -> Path:
+    """Train a Qwen-style ByteLevel BPE on ``corpus`` into ``out`` (tokenizer.json + tokenizer_config.json).
+
+    ``split`` is the pre-tokenizer's regex (Qwen2's by default; an experiment may split finer).
+    The special tokens follow the learned vocabulary, as in Qwen (special ids at the end of the range).
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(byte_fallback=False))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, min_frequency=2, show_progress=False,
+        vocab_size=vocab_size, min_frequency=2, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    # Appended after the learned vocabulary, as in Qwen (special ids at the end of the range).
+    tok.train_from_iterator(corpus, trainer=trainer)
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     tok.add_tokens(list(ADDED_TOKENS))
     out.mkdir(parents=True, exist_ok=True)
@@ -173,8 +179,13 @@ def _build_tokenizer(out: Path) -> None:
         "model_max_length": 32768,
         "clean_up_tokenization_spaces": False,
         "split_special_tokens": False,
-        "chat_template": QWEN2_VL_CHAT_TEMPLATE,
+        "chat_template": chat_template,
     }, indent=2))
+    return out
+
+
+def _build_tokenizer(out: Path) -> None:
+    train_tokenizer(out, _corpus())
 
 
 def tiny_tokenizer_dir() -> Path:
@@ -182,20 +193,17 @@ def tiny_tokenizer_dir() -> Path:
     return _cached("tokenizer", _build_tokenizer)
 
 
-def _copy_tokenizer(out: Path) -> int:
-    """Copy the tokenizer files into a model dir; returns the model's padded vocabulary size."""
-    src = tiny_tokenizer_dir()
+def _copy_tokenizer(out: Path, src: Path) -> tuple[int, dict[str, int]]:
+    """Copy the tokenizer files into a model dir; returns the model's padded vocabulary size and
+    the added tokens' ids."""
     out.mkdir(parents=True, exist_ok=True)
     for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(src / f, out / f)
-    n = len(json.loads((src / "tokenizer.json").read_text())["model"]["vocab"]) + len(SPECIAL_TOKENS) + len(ADDED_TOKENS)
+        if Path(src) != out:
+            shutil.copy(Path(src) / f, out / f)
+    tok = json.loads((out / "tokenizer.json").read_text())
+    n = len(tok["model"]["vocab"]) + len(SPECIAL_TOKENS) + len(ADDED_TOKENS)
     # Padded past the tokenizer like Qwen's 151936 vs 151665, so unused rows exist in tests too.
-    return (n + 63) // 64 * 64
-
-
-def _token_ids() -> dict[str, int]:
-    tok = json.loads((tiny_tokenizer_dir() / "tokenizer.json").read_text())
-    return {t["content"]: t["id"] for t in tok["added_tokens"]}
+    return (n + 63) // 64 * 64, {t["content"]: t["id"] for t in tok["added_tokens"]}
 
 
 def _generation_config(ids: dict[str, int]) -> dict:
@@ -221,19 +229,25 @@ def _check_roundtrip(cls, out: Path, model, inputs: dict) -> None:
 
 # ----------------------------------------------------------------------------- Qwen2.5-VL
 
-MROPE_SECTION = [4, 6, 6]  # sums to head_dim / 2 = 16
+def mrope_section(head_dim: int) -> list[int]:
+    """Qwen2.5-VL's split of the rotary half-dimension into (time, height, width): [16, 24, 24] at
+    head_dim 128, [4, 6, 6] at 32."""
+    half = head_dim // 2
+    t = half // 4
+    return [t, (half - t) // 2, half - t - (half - t) // 2]
 
 
-def qwen25vl_config(vocab_size: int, ids: dict[str, int]) -> dict:
+def qwen25vl_config(vocab_size: int, ids: dict[str, int], *, hidden: int = 64, layers: int = 2, heads: int = 2,
+                    kv_heads: int = 1, rope_theta: float = 1000000.0, vision_depth: int = 2) -> dict:
     """config.json in the flat hub layout (4.x drops ``mrope_section`` from the nested 5.x one)."""
     return {
         "architectures": ["Qwen2_5_VLForConditionalGeneration"],
         "model_type": "qwen2_5_vl",
         "vocab_size": vocab_size,
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "num_key_value_heads": 1, "hidden_act": "silu",
-        "max_position_embeddings": 4096, "max_window_layers": 2, "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0, "sliding_window": 4096, "use_sliding_window": False,
+        "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "hidden_act": "silu",
+        "max_position_embeddings": 4096, "max_window_layers": layers, "rms_norm_eps": 1e-6,
+        "rope_theta": rope_theta, "sliding_window": 4096, "use_sliding_window": False,
         "attention_dropout": 0.0, "initializer_range": 0.02, "tie_word_embeddings": False,
         "use_cache": True, "torch_dtype": "float32",
         "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
@@ -241,12 +255,12 @@ def qwen25vl_config(vocab_size: int, ids: dict[str, int]) -> dict:
         "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
         "vision_token_id": ids["<|vision_pad|>"], "image_token_id": ids["<|image_pad|>"],
         "video_token_id": ids["<|video_pad|>"],
-        "rope_scaling": {"type": "mrope", "mrope_section": list(MROPE_SECTION)},
+        "rope_scaling": {"type": "mrope", "mrope_section": mrope_section(hidden // heads)},
         "vision_config": {
-            "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
-            "hidden_act": "silu", "in_chans": 3, "in_channels": 3, "out_hidden_size": 64,
+            "depth": vision_depth, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+            "hidden_act": "silu", "in_chans": 3, "in_channels": 3, "out_hidden_size": hidden,
             "patch_size": 14, "spatial_patch_size": 14, "spatial_merge_size": 2,
-            "temporal_patch_size": 2, "window_size": 56, "fullatt_block_indexes": [1],
+            "temporal_patch_size": 2, "window_size": 56, "fullatt_block_indexes": [vision_depth - 1],
             "tokens_per_second": 2, "initializer_range": 0.02,
         },
     }
@@ -263,32 +277,45 @@ PREPROCESSOR_CONFIG = {
 }
 
 
-def _build_qwen25vl(out: Path) -> None:
+def build_qwen25vl(out: Path, tokenizer_dir: Path, *, seed: int = 0, min_pixels: int | None = None,
+                   max_pixels: int | None = None, generation: dict | None = None, **arch: Any) -> Path:
+    """Write a random-weight ``Qwen2_5_VLForConditionalGeneration`` (seeded) with the tokenizer in
+    ``tokenizer_dir`` into ``out`` and check it loads back bit-equal through ``from_pretrained``.
+
+    ``arch``: :func:`qwen25vl_config`'s sizes (hidden, layers, heads, kv_heads, rope_theta,
+    vision_depth). ``generation``: generation_config.json (default: Qwen2.5-VL-Instruct's shipped
+    sampling defaults, which a policy must override).
+    """
+    import inspect
+
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    vocab = _copy_tokenizer(out)
-    ids = _token_ids()
-    flat = qwen25vl_config(vocab, ids)
-    torch.manual_seed(0)
+    vocab, ids = _copy_tokenizer(out, tokenizer_dir)
+    flat = qwen25vl_config(vocab, ids, **arch)
+    torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**flat)).eval()
     model.save_pretrained(out, safe_serialization=True)
     (out / "config.json").write_text(json.dumps(flat, indent=2))  # overwrite: the hub layout
-    (out / "generation_config.json").write_text(json.dumps(_generation_config(ids), indent=2))
-    (out / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2))
+    (out / "generation_config.json").write_text(json.dumps(generation or _generation_config(ids), indent=2))
+    pre = dict(PREPROCESSOR_CONFIG)
+    pre.update({k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None})
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
     # An image of 2x2 merged patches inside text, so the round trip exercises vision + 3-D rope.
     pad = ids["<|image_pad|>"]
     input_ids = torch.tensor([[5, 6, ids["<|vision_start|>"], pad, pad, pad, pad, ids["<|vision_end|>"], 7, 8]])
-    grid = torch.tensor([[1, 4, 4]])
     inputs = {
         "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-        "pixel_values": torch.randn(16, 3 * 2 * 14 * 14), "image_grid_thw": grid,
+        "pixel_values": torch.randn(16, 3 * 2 * 14 * 14), "image_grid_thw": torch.tensor([[1, 4, 4]]),
     }
-    import inspect
-
     if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
         inputs["mm_token_type_ids"] = (input_ids == pad).int()
     _check_roundtrip(Qwen2_5_VLForConditionalGeneration, out, model, inputs)
+    return out
+
+
+def _build_qwen25vl(out: Path) -> None:
+    build_qwen25vl(out, tiny_tokenizer_dir())
 
 
 def tiny_qwen25vl_dir() -> Path:
@@ -302,8 +329,7 @@ def _build_qwen2(out: Path) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    vocab = _copy_tokenizer(out)
-    ids = _token_ids()
+    vocab, ids = _copy_tokenizer(out, tiny_tokenizer_dir())
     cfg = Qwen2Config(
         vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
