@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     s = QUICK if args.quick else Settings()
     if args.seeds:
         s.seeds = tuple(args.seeds)
-    res = run(s, Path(args.out), log_fn=lambda m: print(m, flush=True))
+    run(s, Path(args.out), log_fn=lambda m: print(m, flush=True))
     print((Path(args.out) / "results.md").read_text())
     return 0
 

@@ -12,37 +12,15 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
 torch = pytest.importorskip("torch")
 
-from deepeyes_gym.agents.tiny import tiny_qwen2_dir, tiny_qwen25vl_dir  # noqa: E402
+from raykit import OneRankLearner, collect_with_a_kill, config, probe_ids, worker_spec  # noqa: E402
 
-from deepeyes_gym.envs.rewards.base import RewardResult  # noqa: E402
+from deepeyes_gym.agents.tiny import tiny_qwen2_dir, tiny_qwen25vl_dir  # noqa: E402
 from deepeyes_gym.trainers.ray_backend import RayConfig, StaleWeightsError, WeightSync, fresh_groups  # noqa: E402
 from deepeyes_gym.trainers.ray_backend import register_with_ray, train_rl_ray  # noqa: E402
-from deepeyes_gym.trainers.ray_backend.workers import RayRolloutEngine, WorkerPool, WorkerSpec  # noqa: E402
-from deepeyes_gym.trainers.rl import RLConfig, train_rl  # noqa: E402
+from deepeyes_gym.trainers.ray_backend.workers import RayRolloutEngine, WorkerPool  # noqa: E402
+from deepeyes_gym.trainers.rl import train_rl  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
-
-
-def parity_reward(episode):
-    """Half the samples right (the parity of the first turn's length): most groups get an advantage."""
-    acc = float(len(episode.turns[0].action) % 2 == 0) if episode.turns else 0.0
-    return RewardResult(2 * acc - 1, {"accuracy": acc, "format_ok": acc > 0})
-
-
-def config(tmp_path, name, model=None, **kw):
-    base = dict(model=str(model or tiny_qwen25vl_dir()), out_dir=str(tmp_path / name), env_id="DeepEyes-Toy-v0",
-                env_kwargs={"reward": parity_reward}, train_batch=2, group_size=4, mini_batch=4, steps=2,
-                max_response_tokens=64, max_turn_tokens=10, max_turns=2, overlong_buffer=32, concurrency=4,
-                lr=3e-4, warmup_steps=1, deterministic=True, save_every=0, progress=False)
-    base.update(kw)
-    return RLConfig(**base)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600), pytest.mark.usefixtures("ray_cluster")]
 
 
 def test_distributed_loop_matches_the_single_process_trainer(tmp_path):
@@ -76,48 +54,11 @@ def test_staleness_filter_drops_groups_past_the_bound():
     assert fresh_groups(groups, version=3, bound=0) == (groups[:1], 2)
 
 
-def _spec(model, backend="hf", **kw):
-    return WorkerSpec(model_dir=str(model), env_id="DeepEyes-Toy-v0", env_kwargs={"reward": parity_reward, "max_turns": 2},
-                      backend=backend, concurrency=2, max_response_tokens=48, max_turn_tokens=8, temperature=1.0,
-                      top_p=1.0, episode_timeout_s=120.0, vllm_kwargs=kw)
-
-
-class _OneRankLearner:
-    """A learner-group stand-in holding an HF model in the driver (enough to test sync and probe)."""
-
-    def __init__(self, model_dir):
-        from deepeyes_gym.agents.hf import load_model
-
-        self.model, self.version = load_model(model_dir, device="cpu"), 0
-
-    async def state_dict_ref(self):
-        return ray.put({k: v.detach().clone() for k, v in self.model.state_dict().items()})
-
-    async def probe_logprobs(self, ids, n_last):
-        from deepeyes_gym.agents.hf import sequence_logprobs
-
-        with torch.no_grad():
-            lp = sequence_logprobs(self.model, torch.tensor(ids), None, torch.ones(len(ids)))
-        return lp[len(ids) - n_last:].tolist()
-
-    def perturb(self):
-        with torch.no_grad():
-            for p in self.model.parameters():
-                p.add_(torch.randn_like(p) * 1e-2)
-        self.version += 1
-
-
-def _probe_ids(model_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(model_dir))("a fixed probe prompt")["input_ids"]
-
-
 def test_sync_is_versioned_probe_checked_and_a_killed_worker_loses_no_episode():
     model = tiny_qwen25vl_dir()
-    pool = WorkerPool(_spec(model), 2, max_restarts=2, timeout_s=120)
-    learner = _OneRankLearner(model)
-    sync = WeightSync(learner, pool, _probe_ids(model), timeout_s=60, probe_tol=1e-5)
+    pool = WorkerPool(worker_spec(model), 2, max_restarts=2, timeout_s=120)
+    learner = OneRankLearner(model)
+    sync = WeightSync(learner, pool, probe_ids(model), timeout_s=60, probe_tol=1e-5)
     try:
         asyncio.run(sync.verify())
         learner.perturb()
@@ -131,16 +72,7 @@ def test_sync_is_versioned_probe_checked_and_a_killed_worker_loses_no_episode():
         engine = RayRolloutEngine(pool)
         clean = asyncio.run(engine.collect(tasks, 4, seed=7))
 
-        async def killed():
-            run = engine.start(tasks, 4, seed=7)
-            got = []
-            async for t in run:
-                got.append(t)
-                if len(got) == 1:
-                    ray.kill(pool.workers[0], no_restart=False)  # mid-collection; Ray restarts it
-            return got, run.resubmitted
-
-        got, resubmitted = asyncio.run(killed())
+        got, resubmitted = collect_with_a_kill(engine, tasks, 4, 7, pool.workers[0])
         assert resubmitted >= 1
         assert sorted(t.uid for t in got) == sorted(t.uid for t in clean)  # none lost, none twice
         assert all(t.ok and t.weight_version == 1 for t in got)
@@ -173,9 +105,9 @@ def test_vllm_rollout_worker_on_cpu_syncs_and_plays(tmp_path):
     import gymnasium as gym
 
     model = tiny_qwen2_dir()
-    pool = WorkerPool(_spec(model, "vllm"), 1, timeout_s=180)
-    learner = _OneRankLearner(model)
-    sync = WeightSync(learner, pool, _probe_ids(model), timeout_s=120, probe_tol=1e-5)
+    pool = WorkerPool(worker_spec(model, "vllm"), 1, timeout_s=180)
+    learner = OneRankLearner(model)
+    sync = WeightSync(learner, pool, probe_ids(model), timeout_s=120, probe_tol=1e-5)
     try:
         assert asyncio.run(sync.verify()) <= 1e-5
         learner.perturb()

@@ -141,3 +141,23 @@ def test_truncated_importance_sampling_logs_its_effect(tmp_path):
     # On-policy HF rollouts: the sampler and the learner agree, so the weights are ~1, never capped.
     assert row["tis_weight_mean"] == pytest.approx(1.0, abs=1e-4) and row["tis_capped_frac"] == 0.0
     assert res.steps == 1
+
+
+@pytest.mark.parametrize("name", ["rl_cpu", "ray_cpu", "rl_qwen7b_32gpu", "rl_qwen7b_1gpu", "sft_cpu"])
+def test_shipped_configs_load_and_their_ray_settings_validate(name):
+    from pathlib import Path
+
+    from deepeyes_gym.trainers.config import load_config
+    from deepeyes_gym.trainers.ray_backend.config import RayConfig
+    from deepeyes_gym.trainers.sft import SFTConfig
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "configs" / f"{name}.yaml"
+    if name.startswith("sft"):
+        assert load_config(SFTConfig, path).epochs >= 1
+        return
+    cfg = load_config(RLConfig, path)
+    assert cfg.backend in ("local", "ray")
+    if cfg.backend == "ray":
+        ray_cfg = RayConfig(**cfg.ray)  # unknown keys or bad values raise here, not at submit time
+        if name == "rl_qwen7b_32gpu":  # 4 nodes x 8 GPUs: 16 engines + 16 learner ranks
+            assert ray_cfg.rollout_workers * ray_cfg.gpus_per_rollout_worker + ray_cfg.learners * ray_cfg.gpus_per_learner == 32

@@ -120,7 +120,7 @@ class RLConfig:
     device: str | None = None
     """cpu, cuda, ... (None: cuda when available)."""
     backend: str = "local"
-    """local: one process; ray: rollout actors + a DeepSpeed learner group (settings in `ray`)."""
+    """local: one process; ray: rollout actors, env workers and a DeepSpeed or FSDP2 learner group (settings in `ray`)."""
     ray: dict[str, Any] = field(default_factory=dict)
     """RayConfig fields (trainers/ray_backend/config.py) when backend is ray."""
 

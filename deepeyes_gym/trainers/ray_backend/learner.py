@@ -1,16 +1,23 @@
-"""The learner group: N data-parallel ranks (Ray actors) running DeepSpeed ZeRO on one
-torch.distributed group (gloo on CPU, nccl on GPUs).
+"""The learner group: N data-parallel ranks (Ray actors) on one torch.distributed group (gloo on
+CPU, nccl on GPUs), sharded by DeepSpeed ZeRO or by torch FSDP2 (``RayConfig.learner_strategy``).
 
-The update is ``rl._update`` sharded: the same seeded permutation per epoch on every rank, each
-mini-batch split across ranks by position, each rank's sequences scaled by the mini-batch's
-global token count, so the all-reduced gradient is the single-process one (DeepSpeed averages
-over ranks; each loss is multiplied by the world size to make that a sum). Ranks run the same
-number of backward passes per mini-batch (a rank short of sequences runs a zero-weighted one),
-so every collective matches.
+The update is ``rl._update`` sharded, one body for both engines: the same seeded permutation per
+epoch on every rank, each mini-batch split across ranks by position, each rank's sequences scaled
+by the mini-batch's global token count, so the all-reduced gradient is the single-process one
+(both engines average over ranks; each loss is multiplied by the world size to make that a sum).
+Ranks run the same number of forward and backward passes (a rank short of sequences runs
+zero-weighted ones): under ZeRO-3 and FSDP2 every forward is a collective.
+
+A rank that dies or hangs costs a rebuild of the whole group (``max_learner_restarts``): from the
+last checkpoint it saved or loaded (else the model dir), with the updates since replayed from
+their trajectories (kept in the object store until the next checkpoint), then the failed call
+runs again. With no rebuild left the error names the rank and the call.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import os
 import socket
@@ -20,7 +27,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LearnerRank", "LearnerGroup", "free_port"]
+__all__ = ["LearnerRank", "LearnerGroup", "LearnerFailedError", "free_port"]
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -29,35 +38,172 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class LearnerFailedError(RuntimeError):
+    """A learner rank died or hung and the group may not (``max_learner_restarts``) or could not be rebuilt."""
+
+
+class _RankLost(Exception):
+    """Ranks ``ranks`` died (or, ``hung``, did not answer) during the call ``what``."""
+
+    def __init__(self, ranks: list[int], what: str, cause: BaseException, hung: bool = False) -> None:
+        self.ranks, self.what, self.cause, self.hung = ranks, what, cause, hung
+        inner = getattr(cause, "cause", None) or cause  # a RayTaskError's own exception
+        first = (str(inner).strip().splitlines() or [""])[0]
+        state = "did not answer" if hung else "died"
+        super().__init__(f"learner rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))} {state} during "
+                         f"'{what}' ({type(inner).__name__}: {first})")
+
+
+def _quiet(fut: asyncio.Future) -> asyncio.Future:
+    """``fut``, its exception marked retrieved: a call abandoned after another rank failed first
+    fails too, and asyncio would log it as never retrieved."""
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return fut
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """Whether a rank's error is a collective's time-out (gloo "timed out", NCCL's watchdog "timeout")."""
+    msg = str(getattr(exc, "cause", None) or exc).lower()
+    return "timed out" in msg or "timeout" in msg
+
+
+def _optimizer(model: Any, cfg: Any) -> tuple[Any, Any]:
+    """The single-process trainer's AdamW and scheduler (stepped once per training step)."""
+    from ..optim import make_optimizer
+
+    return make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas),
+                          total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, schedule="constant")
+
+
+class _DeepSpeed:
+    """DeepSpeed ZeRO behind the few operations the shared update body needs."""
+
+    def __init__(self, model_dir: str, cfg: Any, zero_stage: int, dist_backend: str, timeout: timedelta) -> None:
+        import deepspeed
+
+        from ...agents.hf import load_model
+
+        deepspeed.init_distributed(dist_backend=dist_backend, timeout=timeout)
+        model = load_model(model_dir, device="cuda" if dist_backend == "nccl" else "cpu")
+        model.eval()  # no dropout: the sampler and the learner compute the same function
+        opt, self.sched = _optimizer(model, cfg)
+        ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+                     "gradient_clipping": cfg.grad_clip, "zero_optimization": {"stage": zero_stage},
+                     "steps_per_print": 1 << 30, "wall_clock_breakdown": False}
+        # the scheduler stays ours; it edits the client optimizer's param groups, which ZeRO keeps
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
+        self.model = self.engine.module
+
+    def backward(self, loss: Any, boundary: bool) -> None:
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        """Clip, step, zero the gradients; the global gradient norm before clipping."""
+        self.engine.step()
+        return float(self.engine.get_global_grad_norm())
+
+    def full_state_dict(self, keep: bool) -> dict[str, Any] | None:
+        import deepspeed
+
+        stage3 = self.engine.zero_optimization_stage() == 3
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None, enabled=stage3):
+            return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()} if keep else None
+
+    def save(self, path: Path) -> None:
+        self.engine.save_checkpoint(str(path / "deepspeed"), tag="state")
+
+    def load(self, path: Path) -> None:
+        self.engine.load_checkpoint(str(path / "deepspeed"), tag="state")
+
+
+class _FSDP2:
+    """torch FSDP2: ``fully_shard`` on every block the model lists as unsplittable (decoder layers,
+    vision blocks), then on the root; the single-process trainer's AdamW, scheduler and clipping."""
+
+    def __init__(self, model_dir: str, cfg: Any, dist_backend: str, timeout: timedelta) -> None:
+        import torch
+        import torch.distributed as dist
+        from torch.distributed.fsdp import fully_shard
+
+        from ...agents.hf import load_model
+
+        device = "cpu"
+        if dist_backend == "nccl":
+            torch.cuda.set_device(0)  # Ray shows each rank its own GPU only
+            device = "cuda"
+        dist.init_process_group(dist_backend, timeout=timeout)
+        model = load_model(model_dir, device=device)
+        model.eval()
+        blocks = set(getattr(model, "_no_split_modules", None) or ())
+        for module in list(model.modules()):
+            if type(module).__name__ in blocks:
+                fully_shard(module)
+        fully_shard(model)
+        self.model = model
+        self.opt, self.sched = _optimizer(model, cfg)  # after sharding: over the DTensor parameters
+        self.grad_clip = cfg.grad_clip
+
+    def backward(self, loss: Any, boundary: bool) -> None:
+        loss.backward()  # each pass reduce-scatters (averages) its gradients: no unsharded copy kept
+
+    def step(self) -> float:
+        import torch
+
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+    def full_state_dict(self, keep: bool) -> dict[str, Any] | None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return sd if keep else None
+
+    def save(self, path: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        msd, osd = get_state_dict(self.model, self.opt)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path / "fsdp"))
+
+    def load(self, path: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import DefaultLoadPlanner
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        msd, osd = get_state_dict(self.model, self.opt)
+        state = {"model": msd, "optim": osd}
+        # A parameter that never had a gradient has no AdamW state in the checkpoint, while a fresh
+        # optimizer's template has one for every parameter: load what is there.
+        dcp.load(state, checkpoint_id=str(path / "fsdp"), planner=DefaultLoadPlanner(allow_partial_load=True))
+        set_model_state_dict(self.model, state["model"])
+        set_optimizer_state_dict(self.model, self.opt, state["optim"], options=StateDictOptions(strict=False))
+
+
 class LearnerRank:
-    """One rank: the model, DeepSpeed's engine, the scheduler and the update generator."""
+    """One rank: the sharded model (``shards``: DeepSpeed or FSDP2), the scheduler and the update generator."""
 
     def __init__(self, rank: int, world: int, master: tuple[str, int], model_dir: str, cfg: Any, algo: Any,
-                 zero_stage: int, dist_backend: str, timeout_s: float) -> None:
+                 ray_cfg: Any) -> None:
         import torch
 
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR=master[0], MASTER_PORT=str(master[1]))
-        import deepspeed
-
-        from ...agents.hf import load_model
-        from ..optim import make_optimizer
-
         torch.manual_seed(cfg.seed)
         torch.use_deterministic_algorithms(cfg.deterministic)
-        deepspeed.init_distributed(dist_backend=dist_backend, timeout=timedelta(seconds=timeout_s))
+        # Deterministic mode also NaN-fills every torch.empty; ZeRO allocates large flat buffers
+        # (written before they are read) on every backward, which that made ~100x slower on CPU.
+        torch.utils.deterministic.fill_uninitialized_memory = False
+        timeout = timedelta(seconds=ray_cfg.call_timeout_s)
+        if ray_cfg.learner_strategy == "fsdp2":
+            self.shards: Any = _FSDP2(model_dir, cfg, ray_cfg.dist_backend, timeout)
+        else:
+            self.shards = _DeepSpeed(model_dir, cfg, ray_cfg.zero_stage, ray_cfg.dist_backend, timeout)
+        self.model, self.sched = self.shards.model, self.shards.sched
         self.rank, self.world, self.cfg, self.algo = rank, world, cfg, algo
-        device = "cuda" if dist_backend == "nccl" else "cpu"
-        model = load_model(model_dir, device=device)
-        model.eval()  # no dropout: the sampler and the learner compute the same function
-        opt, self.sched = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas),
-                                         total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, schedule="constant")
-        ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-                     "gradient_clipping": cfg.grad_clip, "zero_optimization": {"stage": zero_stage},
-                     "steps_per_print": 1 << 30, "wall_clock_breakdown": False}
-        # the scheduler stays ours (stepped once per training step, as in rl.py); it edits the
-        # client optimizer's param groups, which ZeRO keeps
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.version = 0
         self.model_dir = model_dir
@@ -73,13 +219,18 @@ class LearnerRank:
         stale = [self.version - t.weight_version for t in trajs]
         if stale and max(stale) > max_staleness:
             raise RuntimeError(f"refusing to train on a trajectory {max(stale)} versions stale (bound {max_staleness})")
-        cfg, algo, n, mbs = self.cfg, self.algo, len(trajs), self.cfg.mini_batch
+        cfg, algo, n, mbs, world = self.cfg, self.algo, len(trajs), self.cfg.mini_batch, self.world
         perms = [torch.randperm(n, generator=self.gen).tolist() for _ in range(cfg.ppo_epochs)]
-        shards = [[p[s:s + mbs][self.rank::self.world] for s in range(0, n, mbs)] for p in perms]
-        model = self.engine.module
+        batches = [p[s:s + mbs] for p in perms for s in range(0, n, mbs)]  # every epoch's mini-batches, in order
+        # the same permutations on every rank: each knows every rank's share
+        share = [sorted({i for mb in batches for i in mb[r::world]}) for r in range(world)]
+        model = self.model
         with torch.no_grad():  # old logprobs with the pre-update weights, for every index this rank trains
-            old = {i: token_logprobs_entropy(model, trajs[i])[0] for sh in shards for part in sh for i in part}
-        first = [i for part in shards[0] for i in part]  # each trajectory in exactly one rank's first epoch
+            old = {i: token_logprobs_entropy(model, trajs[i])[0] for i in share[self.rank]}
+            for _ in range(max(map(len, share)) - len(share[self.rank])):
+                token_logprobs_entropy(model, trajs[0])  # as many (collective) forwards as the busiest rank
+        n_first = math.ceil(n / mbs)  # each trajectory in exactly one rank's first epoch
+        first = [i for mb in batches[:n_first] for i in mb[self.rank::world]]
         mm = {"n_tokens": 0, "sum_abs": 0.0, "max_abs": 0.0, "sum_k3": 0.0}
         if first:
             masks = torch.cat([torch.tensor(pad_to_sequence(trajs[i], trajs[i].response_mask)) for i in first])
@@ -90,32 +241,31 @@ class LearnerRank:
         sums: Counter[str] = Counter()
         losses: list[float] = []
         ent_sum = ent_n = 0.0
-        for p in perms:
-            for s in range(0, n, mbs):
-                mb = p[s:s + mbs]
-                local = mb[self.rank::self.world]
-                n_tok = sum(trajs[i].n_sampled for i in mb)
-                k = math.ceil(len(mb) / self.world)
-                mb_loss = 0.0
-                for j in range(k):
-                    real = j < len(local)
-                    i = local[j] if real else mb[0]
-                    t = trajs[i]
-                    # A padding pass (this rank has fewer sequences) is scaled by 0 below.
-                    loss, met, ent, mask = sequence_loss(model, t, old[i], adv[i], cfg, algo,
-                                                         global_tokens=n_tok, global_seqs=len(mb))
-                    self.engine.set_gradient_accumulation_boundary(j == k - 1)
-                    self.engine.backward(loss * (self.world if real else 0.0), scale_wrt_gas=False)
-                    if real:
-                        mb_loss += loss.item()
-                        for key, v in met.items():
-                            sums[key] += v * t.n_sampled
-                        ent_sum += float((ent * mask).sum())
-                        ent_n += float(mask.sum())
-                self.engine.step()
-                if self.rank == 0:  # the global norm (before clipping), counted once
-                    sums["grad_norm"] += float(self.engine.get_global_grad_norm()) * max(n_tok, 1)
-                losses.append(mb_loss)
+        for mb in batches:
+            local = mb[self.rank::world]
+            n_tok = sum(trajs[i].n_sampled for i in mb)
+            k = math.ceil(len(mb) / world)
+            mb_loss = 0.0
+            for j in range(k):
+                real = j < len(local)
+                i = local[j] if real else mb[0]
+                t = trajs[i]
+                # A padding pass (this rank has fewer sequences) is scaled by 0 below; mb[0] may be
+                # another rank's, without old logprobs here: zeros keep its (unused) loss finite.
+                old_i = old[i] if i in old else torch.zeros(len(t.input_ids))
+                loss, met, ent, mask = sequence_loss(model, t, old_i, adv[i], cfg, algo,
+                                                     global_tokens=n_tok, global_seqs=len(mb))
+                self.shards.backward(loss * (world if real else 0.0), boundary=j == k - 1)
+                if real:
+                    mb_loss += loss.item()
+                    for key, v in met.items():
+                        sums[key] += v * t.n_sampled
+                    ent_sum += float((ent * mask).sum())
+                    ent_n += float(mask.sum())
+            norm = self.shards.step()
+            if self.rank == 0:  # the global norm (before clipping), counted once
+                sums["grad_norm"] += norm * max(n_tok, 1)
+            losses.append(mb_loss)
         self.sched.step()
         self.version += 1
         return {"sums": dict(sums), "losses": losses, "ent": (ent_sum, ent_n), "mismatch": mm,
@@ -123,34 +273,31 @@ class LearnerRank:
                 "staleness_max": max(stale, default=0)}
 
     def state_dict(self) -> dict[str, Any] | None:
-        """Full weights on rank 0 (None elsewhere); collective under ZeRO-3 (parameters gathered)."""
-        import deepspeed
-
-        model = self.engine.module
-        params = list(model.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.engine.zero_optimization_stage() == 3):
-            sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if self.rank == 0 else None
-        return sd
+        """Full weights on rank 0 (None elsewhere); collective (all ranks call it) under ZeRO-3 and FSDP2."""
+        return self.shards.full_state_dict(self.rank == 0)
 
     def probe_logprobs(self, ids: list[int], n_last: int) -> list[float]:
-        """Logprobs of the last ``n_last`` ids of ``ids`` under the current weights."""
+        """Logprobs of the last ``n_last`` ids of ``ids`` under the current weights (collective:
+        under ZeRO-3 and FSDP2 the forward gathers parameters, so every rank runs it)."""
         import torch
 
         from ...agents.hf import sequence_logprobs
 
         with torch.no_grad():
-            lp = sequence_logprobs(self.engine.module, torch.tensor(ids), None, torch.ones(len(ids)))
+            lp = sequence_logprobs(self.model, torch.tensor(ids), None, torch.ones(len(ids)))
         return lp[len(ids) - n_last:].tolist()
 
     def save(self, path: str, extra: dict[str, Any]) -> None:
-        """Checkpoint (collective): DeepSpeed's sharded state + (rank 0) HF weights and trainer state."""
+        """Checkpoint (collective): the engine's sharded state (``deepspeed/`` or ``fsdp/``), and on
+        rank 0 the full HF weights (``model/``) and the trainer state."""
         import torch
 
         from ..checkpoint import copy_model_files
 
-        self.engine.save_checkpoint(str(Path(path) / "deepspeed"), tag="state")
+        self.shards.save(Path(path))
+        sd = self.state_dict()  # gathered from the shards, so ZeRO-3 and FSDP2 save whole tensors
         if self.rank == 0:
-            self.engine.module.save_pretrained(Path(path) / "model", safe_serialization=True)
+            self.model.save_pretrained(Path(path) / "model", state_dict=sd, safe_serialization=True)
             copy_model_files(self.model_dir, Path(path) / "model")
             torch.save({"sched": self.sched.state_dict(), "gen": self.gen.get_state(), "version": self.version,
                         "extra": extra}, Path(path) / "trainer_state.pt")
@@ -159,7 +306,7 @@ class LearnerRank:
         """Resume from :meth:`save`'s directory (collective); returns the saved ``extra``."""
         import torch
 
-        self.engine.load_checkpoint(str(Path(path) / "deepspeed"), tag="state")
+        self.shards.load(Path(path))
         state = torch.load(Path(path) / "trainer_state.pt", weights_only=False)
         self.sched.load_state_dict(state["sched"])
         self.gen.set_state(state["gen"])
@@ -167,45 +314,181 @@ class LearnerRank:
         return {"extra": state["extra"], "version": self.version}
 
 
+    # ---- collective weight sync: the broadcast root (weight_transport="broadcast"; sync.py) ----
+
+    def wsync_store(self) -> tuple[str, int, str | None] | None:
+        """Rank 0: the address of the weight-sync TCPStore it hosts (started on first use) and
+        the main group it holds; other ranks: None."""
+        return self._wsync_root().state() if self.rank == 0 else None
+
+    def wsync_join(self, prefix: str, size: int, backend: str, timeout_s: float, main: bool) -> None:
+        """Rank 0: join weight-sync group ``prefix`` as its root (rank 0 of ``size``); others: nothing."""
+        if self.rank == 0:
+            self._wsync_root().join(prefix, size, backend, timeout_s, main)
+
+    def wsync_send(self, prefix: str, bucket_bytes: int) -> int:
+        """Every rank (gathering the full weights is collective under ZeRO-3/FSDP2): rank 0
+        broadcasts them over group ``prefix`` stamped with its version; returns the version."""
+        state = self.state_dict()
+        if self.rank == 0:
+            self._wsync_root().send(prefix, state, self.version, bucket_bytes)
+        return self.version
+
+    def _wsync_root(self) -> Any:
+        from .sync import BroadcastRoot
+
+        if getattr(self, "_wsync", None) is None:
+            import ray
+
+            self._wsync = BroadcastRoot(ray.util.get_node_ip_address())
+        return self._wsync
+
+    # ---- end of the weight-sync block ----
+
 class LearnerGroup:
     """Driver-side handle: creates the ranks in a placement group, calls them with time-outs,
-    sums their results. ``version`` counts updates (the weights' version)."""
+    sums their results. ``version`` counts updates (the weights' version).
+
+    The constructor places and starts the ranks; :meth:`ready` waits for them. Every call goes
+    through :meth:`_call`: a rank that dies (``RayActorError``) or does not answer
+    within ``call_timeout_s`` makes the group rebuild itself (:meth:`_rebuild`, at most
+    ``max_learner_restarts`` times, counted in ``restarts``) and run the call again, so callers see
+    the call succeed once; the rollout workers then need the (same) weights again, which the
+    trainer does when ``restarts`` moved. Without a rebuild left, :class:`LearnerFailedError`.
+    """
 
     def __init__(self, model_dir: str, cfg: Any, algo: Any, ray_cfg: Any) -> None:
+        self.model_dir, self.cfg, self.algo, self.ray_cfg = model_dir, cfg, algo, ray_cfg
+        self.timeout_s = ray_cfg.call_timeout_s
+        self.version = 0
+        self.ppo_epochs = cfg.ppo_epochs
+        self.restarts = 0
+        self._base: str | None = None  # the checkpoint a rebuilt group restores (None: the model dir)
+        self._replay: list[tuple[Any, Any, int]] = []  # (trajectories ref, advantages, bound) of updates since
+        self.ranks: list[Any] = []
+        self.pg: Any = None
+        self._starting = self._spawn(ray_cfg.master_port)  # the ranks start while the caller goes on
+
+    async def ready(self) -> None:
+        """Wait for the ranks' start-up (torch.distributed rendezvous, engine init)."""
+        try:
+            await self._gather(self._starting, f"learner group start-up ({self.ray_cfg.learner_strategy})")
+        except _RankLost as lost:  # nothing to rebuild from: a start-up that fails fails the run
+            raise LearnerFailedError(str(lost)) from lost.cause
+
+    def _spawn(self, port: int | None) -> list[Any]:
+        """Place and create the ranks; returns their readiness refs (rank order)."""
         import ray
-        from ray.util.placement_group import placement_group
+        from ray.util.placement_group import placement_group, placement_group_table
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from .sync import timed_get
 
-        self.timeout_s = ray_cfg.call_timeout_s
-        bundle = {"CPU": ray_cfg.cpus_per_learner, **({"GPU": ray_cfg.gpus_per_learner} if ray_cfg.gpus_per_learner else {})}
-        self.pg = placement_group([bundle] * ray_cfg.learners, strategy=ray_cfg.placement_strategy)
-        timed_get(self.pg.ready(), self.timeout_s, f"placement group for {ray_cfg.learners} learners (not enough resources?)")
-        ext = ray_cfg.torch_extensions_dir or os.path.join(sys.prefix, "torch_extensions")
-        env = {"TORCH_EXTENSIONS_DIR": ext, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **ray_cfg.env_vars}
-        master = (ray.util.get_node_ip_address(), ray_cfg.master_port or free_port())
+        rc = self.ray_cfg
+        bundle = {"CPU": rc.cpus_per_learner, **({"GPU": rc.gpus_per_learner} if rc.gpus_per_learner else {})}
+        self.pg = placement_group([bundle] * rc.learners, strategy=rc.placement_strategy)
+        timed_get(self.pg.ready(), self.timeout_s, f"placement group for {rc.learners} learners (not enough resources?)")
+        # rank 0 hosts the rendezvous: the address of its node, which need not be the driver's
+        node = placement_group_table(self.pg)["bundles_to_node_id"][0]
+        host = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node), ray.util.get_node_ip_address())
+        ext = rc.torch_extensions_dir or os.path.join(sys.prefix, "torch_extensions")
+        env = {"TORCH_EXTENSIONS_DIR": ext, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **rc.env_vars}
+        master = (host, port or free_port())
         cls = ray.remote(LearnerRank)
-        self.ranks = [cls.options(num_cpus=ray_cfg.cpus_per_learner, num_gpus=ray_cfg.gpus_per_learner,
+        self.ranks = [cls.options(num_cpus=rc.cpus_per_learner, num_gpus=rc.gpus_per_learner,
                                   runtime_env={"env_vars": env},
                                   scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r))
-                      .remote(r, ray_cfg.learners, master, model_dir, cfg, algo, ray_cfg.zero_stage,
-                              ray_cfg.dist_backend, self.timeout_s) for r in range(ray_cfg.learners)]
-        timed_get([r.__ray_ready__.remote() for r in self.ranks], self.timeout_s,
-                  "learner group start-up (torch.distributed rendezvous, DeepSpeed init)")
-        self.version = 0
-        self.ppo_epochs = cfg.ppo_epochs
+                      .remote(r, rc.learners, master, self.model_dir, self.cfg, self.algo, rc) for r in range(rc.learners)]
+        return [r.__ray_ready__.remote() for r in self.ranks]
+
+    async def _gather(self, refs: list[Any], what: str) -> list[Any]:
+        """The ranks' answers to ``refs`` (one per rank, rank order). A rank whose actor died, or
+        ranks that did not answer in time, raise :class:`_RankLost`; the peers of a dead rank fail
+        their collectives too, which is its loss, not their error. Any other error is raised as is."""
+        import ray
+
+        from .sync import SyncTimeoutError
+
+        futs = [_quiet(asyncio.wrap_future(r.future())) for r in refs]
+        done, pending = await asyncio.wait(futs, timeout=self.timeout_s, return_when=asyncio.FIRST_EXCEPTION)
+        failed = [(i, f.exception()) for i, f in enumerate(futs) if f in done and f.exception() is not None]
+        if not failed and not pending:
+            return [f.result() for f in futs]
+        if not failed:
+            hung = [i for i, f in enumerate(futs) if f in pending]
+            raise _RankLost(hung, what, SyncTimeoutError(f"no answer within {self.timeout_s:.0f} s (a hung collective "
+                                                         "or a stuck rank)"), hung=True)
+        died = [(i, e) for i, e in failed if isinstance(e, ray.exceptions.RayActorError)]
+        if not died:  # a peer's collective error may arrive before the dead rank's own: ask them all
+            pings = [_quiet(asyncio.wrap_future(r.__ray_ready__.remote().future())) for r in self.ranks]
+            await asyncio.wait(pings, timeout=min(10.0, self.timeout_s))
+            died = [(i, p.exception()) for i, p in enumerate(pings)
+                    if p.done() and isinstance(p.exception(), ray.exceptions.RayActorError)]
+            timeouts = [e for _, e in failed if _is_timeout(e)]
+            if not died and timeouts:  # a collective timed out in a rank: its silent peers hung
+                silent = [i for i, p in enumerate(pings) if not p.done()] or [i for i, _ in failed]
+                raise _RankLost(silent, what, timeouts[0], hung=True)
+        if died:
+            raise _RankLost([i for i, _ in died], what, died[0][1])
+        raise failed[0][1]
+
+    async def _call(self, method: str, *args: Any, what: str) -> tuple[list[Any], list[Any]]:
+        """``method(*args)`` on every rank: (the refs, the answers); rebuilds the group after a
+        rank's loss and calls again."""
+        while True:
+            refs = [getattr(r, method).remote(*args) for r in self.ranks]
+            try:
+                return refs, await self._gather(refs, what)
+            except _RankLost as lost:
+                await self._rebuild(lost)
+
+    async def _rebuild(self, lost: _RankLost) -> None:
+        """Replace every rank (a survivor may be stuck in a collective with the dead one), restore
+        ``_base`` and replay the updates since, so the group holds the weights, optimizer and
+        generator state it had before ``lost``."""
+        while True:
+            limit = self.ray_cfg.max_learner_restarts
+            if self.restarts >= limit:
+                raise LearnerFailedError(f"{lost}; max_learner_restarts={limit}"
+                                         + (f", {self.restarts} used" if limit else "") + ": not rebuilding") from lost.cause
+            self.restarts += 1
+            log.warning("%s; rebuilding the learner group (%d of %d) from %s and replaying %d updates", lost,
+                        self.restarts, limit, self._base or self.model_dir, len(self._replay))
+            self._stop()
+            try:
+                # a fresh port: the old rank 0 may still hold the rendezvous port while it dies
+                await self._gather(self._spawn(None), f"learner group rebuild {self.restarts}")
+                self.version = 0
+                if self._base is not None:
+                    outs = await self._gather([r.load.remote(self._base) for r in self.ranks], f"restoring {self._base}")
+                    self.version = outs[0]["version"]
+                for k, (ref, adv, bound) in enumerate(self._replay):
+                    outs = await self._gather([r.update.remote(ref, adv, bound) for r in self.ranks],
+                                              f"replaying update {k + 1}/{len(self._replay)}")
+                    self.version = outs[0]["version"]
+                return
+            except _RankLost as again:
+                lost = again
+
+    def _stop(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for r in self.ranks:
+            ray.kill(r, no_restart=True)
+        self.ranks = []
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+            self.pg = None
 
     async def update(self, trajs: list[Any], adv: Any, max_staleness: int) -> dict[str, Any]:
         """One step's updates on every rank; the summed metrics in rl._update's form."""
         import ray
 
-        from .sync import timed_await
-
         ref = ray.put(trajs)
-        outs = await timed_await([r.update.remote(ref, adv, max_staleness) for r in self.ranks], self.timeout_s,
-                                 f"learner update to v{self.version + 1}")
+        _, outs = await self._call("update", ref, adv, max_staleness, what=f"learner update to v{self.version + 1}")
         self.version = outs[0]["version"]
+        self._replay.append((ref, adv, max_staleness))  # for a rebuild until the next checkpoint
         sums: Counter[str] = Counter()
         for o in outs:
             sums.update(o["sums"])
@@ -225,36 +508,45 @@ class LearnerGroup:
 
     async def state_dict_ref(self) -> Any:
         """A Ray object holding the full weights (rank 0's), every rank having taken part."""
-        from .sync import timed_await
-
-        refs = [r.state_dict.remote() for r in self.ranks]
-        await timed_await(refs[1:], self.timeout_s, "gathering the weights") if len(refs) > 1 else None
-        await timed_await(refs[:1], self.timeout_s, "gathering the weights")
+        refs, _ = await self._call("state_dict", what="gathering the weights")
         return refs[0]
 
     async def probe_logprobs(self, ids: list[int], n_last: int) -> list[float]:
-        from .sync import timed_await
+        """Rank 0's logprobs of the probe (every rank runs the forward: a collective under ZeRO-3 and FSDP2)."""
+        _, outs = await self._call("probe_logprobs", ids, n_last, what="learner probe")
+        return outs[0]
 
-        (out,) = await timed_await([self.ranks[0].probe_logprobs.remote(ids, n_last)], self.timeout_s, "learner probe")
-        return out
+    async def save(self, path: str, extra: dict[str, Any]) -> None:
+        """Checkpoint to ``path``; it becomes what a rebuild restores."""
+        await self._call("save", path, extra, what=f"checkpoint to {path}")
+        self._base, self._replay = path, []
 
-    def save(self, path: str, extra: dict[str, Any]) -> None:
-        from .sync import timed_get
-
-        timed_get([r.save.remote(path, extra) for r in self.ranks], self.timeout_s, f"checkpoint to {path}")
-
-    def load(self, path: str) -> dict[str, Any]:
-        from .sync import timed_get
-
-        outs = timed_get([r.load.remote(path) for r in self.ranks], self.timeout_s, f"resume from {path}")
+    async def load(self, path: str) -> dict[str, Any]:
+        """Resume from ``path`` (see :meth:`LearnerRank.load`); returns the saved ``extra``."""
+        _, outs = await self._call("load", path, what=f"resume from {path}")
         self.version = outs[0]["version"]
+        self._base, self._replay = path, []
         return outs[0]["extra"]
 
-    def close(self) -> None:
-        import ray
-        from ray.util.placement_group import remove_placement_group
+    # ---- collective weight sync: the broadcast root, driver side (called by sync.WeightSync) ----
 
-        for r in self.ranks:
-            ray.kill(r, no_restart=True)
-        self.ranks = []
-        remove_placement_group(self.pg)
+    async def wsync_store(self) -> tuple[str, int, str | None]:
+        """Rank 0's weight-sync store address and main group (waits behind a running update)."""
+        _, outs = await self._call("wsync_store", what="weight-sync store on learner rank 0")
+        return tuple(outs[0])
+
+    async def wsync_join(self, prefix: str, size: int, backend: str, timeout_s: float, main: bool) -> None:
+        """Rank 0 joins weight-sync group ``prefix`` (the join itself times out after ``timeout_s``)."""
+        await self._call("wsync_join", prefix, size, backend, timeout_s, main,
+                         what=f"learner rank 0 joining weight-sync group {prefix}")
+
+    async def wsync_send(self, prefix: str, bucket_bytes: int) -> int:
+        """Every rank gathers, rank 0 broadcasts over ``prefix``; the version sent."""
+        _, outs = await self._call("wsync_send", prefix, bucket_bytes, what=f"weight broadcast over {prefix}")
+        return int(outs[0])
+
+    # ---- end of the weight-sync block ----
+
+    def close(self) -> None:
+        self._stop()
+        self._replay = []

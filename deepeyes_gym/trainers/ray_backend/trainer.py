@@ -7,6 +7,11 @@ same seeds give the single-process trainer's trajectories and, within float roun
 all-reduce, its losses). Async mode: the collection of step k+1 (with v_k) runs while step k
 updates; the sync follows both, so a trajectory is one version stale; ``max_staleness`` drops any
 group staler than the bound, and the learner refuses one as a last guard.
+
+A learner rank that dies or hangs is absorbed by the learner group (rebuilt from its last
+checkpoint, the updates since replayed, the call re-run; ``max_learner_restarts``): each step
+is trained and logged once, and after a rebuild the workers are pushed the weights and
+probe-checked again before they sample.
 """
 
 from __future__ import annotations
@@ -87,22 +92,37 @@ async def _train(cfg: RLConfig, ray_cfg: RayConfig, algo: Any) -> RLResult:
                       vllm_kwargs=dict(ray_cfg.vllm_kwargs), plugins=tuple(cfg.plugins))
     pool = learners = metrics = None
     try:
+        learners = LearnerGroup(cfg.model, cfg, algo, ray_cfg)  # its ranks start while the workers do
         pool = WorkerPool(spec, ray_cfg.rollout_workers, num_cpus=ray_cfg.cpus_per_rollout_worker,
                           num_gpus=ray_cfg.gpus_per_rollout_worker, max_restarts=ray_cfg.max_restarts,
-                          env_vars=ray_cfg.env_vars, timeout_s=ray_cfg.sync_timeout_s)
-        learners = LearnerGroup(cfg.model, cfg, algo, ray_cfg)
+                          env_vars=ray_cfg.env_vars, timeout_s=ray_cfg.sync_timeout_s,
+                          env_workers=ray_cfg.env_workers, cpus_per_env_worker=ray_cfg.cpus_per_env_worker,
+                          envs_per_env_worker=ray_cfg.envs_per_env_worker)
+        await learners.ready()
         step = 0
         ckpt = latest_checkpoint(out) if cfg.resume else None
         if ckpt is not None:
-            extra = learners.load(str(ckpt))
+            extra = await learners.load(str(ckpt))
             step, sampler.position = int(extra["step"]), int(extra["sampler_position"])
             log.info("resumed from %s at step %d (weights v%d)", ckpt, step, learners.version)
         probe_ids = AutoTokenizer.from_pretrained(cfg.model)(PROBE_TEXT)["input_ids"]
         sync = WeightSync(learners, pool, probe_ids, timeout_s=ray_cfg.sync_timeout_s, probe_tol=ray_cfg.probe_tol,
-                          probe_tokens=ray_cfg.probe_tokens)
-        if learners.version:
-            await sync.push(learners.version)
-        await sync.verify()  # the workers start from the learner's weights
+                          probe_tokens=ray_cfg.probe_tokens, transport=ray_cfg.weight_transport,
+                          backend=ray_cfg.dist_backend, bucket_mb=ray_cfg.weight_bucket_mb)
+
+        async def sync_workers(push: bool = True) -> float:
+            """Push the learner's weights and probe-check every worker; again while the learner group
+            was rebuilt meanwhile (the workers must hold what the rebuilt group holds)."""
+            while True:
+                restarts = learners.restarts
+                if push:
+                    await sync.push(learners.version)
+                probe = await sync.verify()
+                if learners.restarts == restarts:
+                    return probe
+                push = True
+
+        await sync_workers(push=bool(learners.version))  # the workers start from the learner's weights
         engine = RayRolloutEngine(pool, max_episode_retries=ray_cfg.max_episode_retries)
         metrics = MetricsLogger(out, sinks=cfg.log_to, run_name=out.name, config=asdict(cfg))
         bound = ray_cfg.max_staleness if ray_cfg.async_mode else 0
@@ -139,11 +159,11 @@ async def _train(cfg: RLConfig, ray_cfg: RayConfig, algo: Any) -> RLResult:
                 batch, gen_s, position_next = await nxt  # generated with the pre-update weights
             if trajs:
                 t0 = time.perf_counter()
-                await sync.push(learners.version)
-                row["probe_max_abs"] = await sync.verify()
+                row["probe_max_abs"] = await sync_workers()
                 row["weight_version"] = learners.version
                 row["time/sync_s"] = time.perf_counter() - t0
             step += 1
+            row["learner_restarts"] = learners.restarts
             row["time/step_s"] = time.perf_counter() - t_step
             metrics.log(step, row)
             if trajs:
@@ -152,8 +172,11 @@ async def _train(cfg: RLConfig, ray_cfg: RayConfig, algo: Any) -> RLResult:
             if step < cfg.steps and cfg.save_every and step % cfg.save_every == 0 or step == cfg.steps:
                 # the sampler position of the tasks trained so far (an async pre-fetched batch re-runs on resume)
                 name = f"checkpoint-{step:06d}"
-                learners.save(str(out / name), {"step": step, "sampler_position": position})
+                restarts = learners.restarts
+                await learners.save(str(out / name), {"step": step, "sampler_position": position})
                 (out / "latest").write_text(name)
+                if learners.restarts != restarts:  # rebuilt during the save: resync the workers
+                    await sync_workers()
             if nxt is not None:
                 position = position_next
             elif step < cfg.steps:

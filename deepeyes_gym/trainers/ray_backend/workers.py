@@ -1,13 +1,16 @@
 """Rollout workers as Ray actors, and the driver-side engine that spreads episodes over them.
 
-A :class:`RolloutWorker` holds one policy (HF or vLLM), the renderer and its own envs (the
-env-worker pool lives in the actor, next to the engine that waits on it) and plays single
-episodes through :class:`~deepeyes_gym.agents.rollout.RolloutEngine`. The driver-side
+A :class:`RolloutWorker` holds one policy (HF or vLLM), the renderer and its envs: its own
+(``RayConfig.env_workers = 0``: they live in the actor, next to the engine that waits on them) or
+slots on :class:`~.env_workers.EnvWorker` actors (env-worker pools, placed on its node), reached
+through proxies that the engine drives exactly like local envs. It plays single episodes through
+:class:`~deepeyes_gym.agents.rollout.RolloutEngine`. The driver-side
 :class:`RayRolloutEngine` has the local engine's ``start(tasks, G, seed=...)`` interface, so
 ``rl.collect_groups`` (dynamic sampling, in-order decisions) runs on it unchanged, and the
 episodes' seeds are the local engine's: the same run seed gives the same trajectories whichever
 worker plays them. A worker that dies mid-round is restarted by Ray (``max_restarts``); its
-unfinished episodes are re-run on a live worker, and every uid is yielded exactly once.
+unfinished episodes are re-run on a live worker, and every uid is yielded exactly once. An
+episode whose env worker dies under it is re-run the same way (the env worker is restarted).
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ class WorkerSpec:
 
 class RolloutWorker:
     """One rollout actor (async: its episodes share one event loop; generation and env steps run
-    in their own threads). Created by :class:`WorkerPool` as a Ray actor."""
+    in their own threads). Created by :class:`WorkerPool` as a Ray actor. ``env_slots``: its
+    ``(EnvWorker actor name, slot)`` pairs when the envs run in env-worker actors (None: its own)."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, env_slots: Sequence[tuple[str, int]] | None = None) -> None:
         import gymnasium as gym
 
         import deepeyes_gym  # noqa: F401  (env ids)
@@ -66,20 +70,41 @@ class RolloutWorker:
         self.policy = _make_policy(spec)
         renderer = Qwen25VLRenderer.from_pretrained(spec.model_dir)
         sampling = SamplingParams(max_tokens=spec.max_turn_tokens, temperature=spec.temperature, top_p=spec.top_p)
-        self.engine = RolloutEngine(lambda: gym.make(spec.env_id, **spec.env_kwargs), self.policy, renderer,
-                                    max_concurrency=spec.concurrency, max_response_tokens=spec.max_response_tokens,
+        self.concurrency = spec.concurrency
+        self._lost: set[tuple[str, int]] | None = None  # (task id, seed) of episodes whose env worker died
+        envs: Any = lambda: gym.make(spec.env_id, **spec.env_kwargs)  # noqa: E731
+        if env_slots is not None:
+            import ray
+
+            from .env_workers import RemoteEnv
+
+            self._lost = set()
+            handles = {name: ray.get_actor(name) for name in {name for name, _ in env_slots}}
+            envs = [RemoteEnv(handles[name], slot, self._lost) for name, slot in env_slots]
+            self.concurrency = min(spec.concurrency, len(envs))  # one env slot per running episode
+        self.engine = RolloutEngine(envs, self.policy, renderer,
+                                    max_concurrency=self.concurrency, max_response_tokens=spec.max_response_tokens,
                                     sampling=sampling, episode_timeout_s=spec.episode_timeout_s)
         self._slots: asyncio.Semaphore | None = None  # made on the actor's loop, on first use
+        self._groups: dict[str, Any] = {}  # broadcast weight sync: prefix -> BroadcastGroup
+        self._main_group: str | None = None
 
     async def run_episode(self, task: Any, task_index: int, sample: int, seed: int) -> Any:
         """Play one episode (the local engine's seed scheme) and return its Trajectory."""
         from ...agents.rollout import RolloutRun, _Job
 
         if self._slots is None:
-            self._slots = asyncio.Semaphore(self.spec.concurrency)
+            self._slots = asyncio.Semaphore(self.concurrency)
         async with self._slots:
             run = RolloutRun(self.engine, [_Job(task, task_index, sample, seed)], None)
             (traj,) = await run.wait()
+        key = (str(task.id), seed)
+        if self._lost is not None and key in self._lost:
+            self._lost.discard(key)
+            if traj.error is not None:  # failed because its env worker died: the driver re-runs it
+                from .env_workers import EnvWorkerLostError
+
+                raise EnvWorkerLostError(f"episode {traj.uid} lost its env worker ({traj.error})")
         return traj
 
     def abort(self, uid: str) -> bool:
@@ -95,6 +120,71 @@ class RolloutWorker:
         model lock for HF (a generation never sees half-loaded weights)."""
         await asyncio.get_running_loop().run_in_executor(None, self._load, state)
         self.engine.weight_version = version
+        return version
+
+    # ---- broadcast weight sync (the receiving side; see sync.BroadcastGroup) ----
+
+    def wsync_main(self) -> str | None:
+        """The prefix of the main weight-sync group this process belongs to (None after a restart)."""
+        return self._main_group
+
+    async def wsync_join(self, addr: tuple[str, int], prefix: str, rank: int, size: int, backend: str,
+                         timeout_s: float, main: bool) -> None:
+        """Join group ``prefix`` as ``rank`` (blocks, off the event loop, until every rank joined);
+        a new main group replaces the previous one."""
+        import ray
+
+        from .sync import BroadcastGroup
+
+        host = ray.util.get_node_ip_address()
+        group = await asyncio.get_running_loop().run_in_executor(None, lambda: BroadcastGroup.connect(
+            addr, prefix, rank, size, backend=backend, timeout_s=timeout_s, host=host))
+        if main:
+            old = self._groups.pop(self._main_group, None) if self._main_group else None
+            if old is not None:
+                old.close()
+            self._main_group = prefix
+        self._groups[prefix] = group
+
+    async def wsync_recv(self, prefix: str) -> int:
+        """Receive the weights broadcast over group ``prefix`` and install them (stamped with the
+        root's version, returned). A failed group, or a one-shot catch-up group, is dropped."""
+        group = self._groups.get(prefix)
+        if group is None:
+            raise RuntimeError(f"rollout worker {os.getpid()} is not in weight-sync group {prefix} (it restarted?)")
+        ok = False
+        try:
+            version = await asyncio.get_running_loop().run_in_executor(None, self._recv_load, group)
+            ok = True
+        finally:
+            if not ok or prefix != self._main_group:
+                self._groups.pop(prefix, None)
+                group.close()
+                if prefix == self._main_group:
+                    self._main_group = None
+        self.engine.weight_version = version
+        return version
+
+    def _recv_load(self, group: Any) -> int:
+        # Loaded bucket by bucket as they arrive: one bucket in flight, never a second model copy.
+        version, names, items = group.recv()
+        if self.spec.backend == "vllm":
+            self.policy.load_weights(items)  # reloads (consuming the buckets), then resets the prefix cache
+            return version
+        import torch
+
+        from ...agents.hf import model_lock
+
+        model = self.policy.model
+        local = model.state_dict()  # tensors sharing the parameters' storage
+        unexpected = sorted(set(names) - local.keys())
+        missing = sorted(k for k in local.keys() - set(names) if not k.endswith("lm_head.weight"))
+        if unexpected or missing:  # checked on the header, before any copy: never half-loaded weights
+            raise RuntimeError(f"weight broadcast: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        # the lock for the whole transfer: a generation sees the old weights or the new, never a mix
+        with torch.no_grad(), model_lock(model):
+            for k, t in items:
+                local[k].copy_(t)
         return version
 
     def _load(self, state: dict[str, Any]) -> None:
@@ -120,6 +210,9 @@ class RolloutWorker:
         return os.getpid()
 
     def shutdown(self) -> None:
+        for group in self._groups.values():
+            group.close()
+        self._groups.clear()
         self.engine.close()
         self.policy.close()
 
@@ -146,14 +239,36 @@ class WorkerPool:
     """The rollout actors, the weights they should hold, and their restarts.
 
     ``state_ref``/``version`` are the last pushed weights: a worker that comes back from a restart
-    (at the model dir's weights, version 0) gets them again before it plays anything.
+    (at the model dir's weights, version 0) gets them again before it plays anything (from
+    ``state_ref``, or through ``catch_up`` when the weights travel by broadcast).
+
+    ``env_workers > 0``: the envs run in an :class:`~.env_workers.EnvWorkerPool` of that many
+    actors (``cpus_per_env_worker`` each, ``envs_per_env_worker`` env slots each, None: as many
+    as the rollout workers' concurrency needs), each rollout worker and its env workers sharing
+    one placement-group bundle (one node).
     """
 
     def __init__(self, spec: WorkerSpec, n: int, *, num_cpus: float = 1.0, num_gpus: float = 0.0,
-                 max_restarts: int = 3, env_vars: dict[str, str] | None = None, timeout_s: float = 120.0) -> None:
+                 max_restarts: int = 3, env_vars: dict[str, str] | None = None, timeout_s: float = 120.0,
+                 env_workers: int = 0, cpus_per_env_worker: float = 1.0,
+                 envs_per_env_worker: int | None = None) -> None:
         import ray
 
+        from .sync import timed_get
+
         env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **(env_vars or {})}
+        self.env_pool: Any = None
+        options: list[dict[str, Any]] = [{} for _ in range(n)]
+        slots: list[Any] = [None] * n
+        if env_workers:
+            from .env_workers import EnvWorkerPool
+
+            self.env_pool = EnvWorkerPool(spec, env_workers, rollout_workers=n, cpus_per_env_worker=cpus_per_env_worker,
+                                          envs_per_env_worker=envs_per_env_worker, rollout_cpus=num_cpus,
+                                          rollout_gpus=num_gpus, max_restarts=max_restarts, env_vars=env,
+                                          timeout_s=timeout_s)
+            options = [{"scheduling_strategy": self.env_pool.strategy(r)} for r in range(n)]
+            slots = [self.env_pool.slots[r] for r in range(n)]
         if spec.backend == "vllm":
             from ...agents.vllm import CPU_ENV
 
@@ -162,12 +277,11 @@ class WorkerPool:
         self.spec, self.timeout_s = spec, timeout_s
         self.workers = [cls.options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
                                     max_concurrency=max(64, 4 * spec.concurrency), runtime_env={"env_vars": env},
-                                    name=None).remote(spec) for _ in range(n)]
+                                    name=None, **options[r]).remote(spec, slots[r]) for r in range(n)]
         self.state_ref: Any = None
         self.version = 0
+        self.catch_up: Any = None  # async (worker index) -> version; set by a broadcast WeightSync
         self._next = 0
-        from .sync import timed_get
-
         timed_get([w.ping.remote() for w in self.workers], timeout_s, "starting the rollout workers")
 
     def pick(self, exclude: int | None = None) -> int:
@@ -178,22 +292,34 @@ class WorkerPool:
                 return i
         return 0
 
-    async def ensure_current(self, i: int) -> None:
-        """Wait for worker ``i`` to be reachable and give it the pool's weights if it lacks them."""
+    async def call(self, i: int, method: str, *args: Any) -> Any:
+        """``workers[i].method(*args)``, waiting out a restart (Ray re-runs ``__init__``) for up to
+        ``timeout_s``; each try is bounded by ``timeout_s``."""
         import ray
 
         w = self.workers[i]
         for attempt in range(int(self.timeout_s * 2)):
             try:
-                version = await asyncio.wait_for(_aw(w.version.remote()), self.timeout_s)
-                break
+                return await asyncio.wait_for(_aw(getattr(w, method).remote(*args)), self.timeout_s)
             except (ray.exceptions.ActorUnavailableError, ray.exceptions.ActorDiedError):
                 if attempt == int(self.timeout_s * 2) - 1:
                     raise
-                await asyncio.sleep(0.5)  # restarting: Ray re-runs __init__
-        if version != self.version and self.state_ref is not None:
-            await asyncio.wait_for(_aw(w.load_weights.remote(self.state_ref, self.version)), self.timeout_s)
-            log.info("rollout worker %d was behind (v%d): resynced to v%d", i, version, self.version)
+                await asyncio.sleep(0.5)
+        raise AssertionError("unreachable")
+
+    async def ensure_current(self, i: int) -> None:
+        """Wait for worker ``i`` to be reachable and give it the pool's weights if it lacks them."""
+        version = await self.call(i, "version")
+        if version >= self.version:
+            return
+        if self.state_ref is not None:
+            ref = self.workers[i].load_weights.remote(self.state_ref, self.version)
+            await asyncio.wait_for(_aw(ref), self.timeout_s)
+        elif self.catch_up is not None:
+            await self.catch_up(i)
+        else:
+            return
+        log.info("rollout worker %d was behind (v%d): resynced to v%d", i, version, self.version)
 
     def close(self) -> None:
         import ray
@@ -205,6 +331,9 @@ class WorkerPool:
                 pass
             ray.kill(w, no_restart=True)
         self.workers = []
+        if self.env_pool is not None:
+            self.env_pool.close()
+            self.env_pool = None
 
 
 def _aw(ref: Any) -> Any:
@@ -265,6 +394,8 @@ class RayRolloutRun:
     async def __anext__(self) -> Any:
         import ray
 
+        from .env_workers import EnvWorkerLostError
+
         if not self._started:
             self._started = True
             # a worker back from a restart holds the model dir's weights: resync it first
@@ -277,7 +408,7 @@ class RayRolloutRun:
                 uid, worker = self._inflight.pop(fut)
                 try:
                     traj = fut.result()
-                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, EnvWorkerLostError) as exc:
                     if self._cancelled:
                         continue
                     await self._rerun(uid, worker, exc)
@@ -294,8 +425,11 @@ class RayRolloutRun:
             raise EpisodeLostError(f"episode {uid} lost {self._tries[uid]} times to dying workers: {exc}") from exc
         target = self.pool.pick(exclude=dead)
         await self.pool.ensure_current(target)
+        from .env_workers import EnvWorkerLostError
+
         self.resubmitted += 1
-        log.warning("rollout worker %d died (%s); re-running episode %s on worker %d", dead,
+        what = "lost an env worker" if isinstance(exc, EnvWorkerLostError) else "died"
+        log.warning("rollout worker %d %s (%s); re-running episode %s on worker %d", dead, what,
                     type(exc).__name__, uid, target)
         self._submit(uid, target)
 
