@@ -158,6 +158,10 @@ def test_prefix_cache_on_a_growing_prompt_gives_the_same_results(policy, hf, ren
     cold = policy.generate_sync(turn2, [], s, request_id="t2")
     assert cold.metadata["cached_tokens"] == 0
     assert cold.token_ids == cached.token_ids
+    # sleep mode is CUDA-only: on CPU the engine says it cannot sleep and keeps serving
+    assert policy.sleep() is False
+    policy.wake_up()
+    assert policy.generate_sync(turn2, [], s, request_id="t3").token_ids == cached.token_ids
     assert cold.logprobs == pytest.approx(cached.logprobs, abs=1e-5)
     assert hf_logprobs(hf, turn2, cached)["max_abs"] <= 1e-5
 

@@ -302,6 +302,23 @@ class HFPolicy:
             return Generation(text, "stop", min(found)[1], gen, logprobs, n_prompt, {"request_id": request_id})
         return Generation(text, "length", None, gen, logprobs, n_prompt, {"request_id": request_id})
 
+    def sleep(self, level: int = 1) -> bool:
+        """Free the accelerator memory while a colocated learner updates: move the weights to host
+        memory (under the model lock). False, doing nothing, on a CPU model (nothing to free)."""
+        if self.device.type == "cpu":
+            return False
+        with self._lock:
+            self.model.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return True
+
+    def wake_up(self) -> None:
+        """Undo :meth:`sleep`: the weights go back to the policy's device."""
+        if self.device.type != "cpu":
+            with self._lock:
+                self.model.to(self.device)
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -185,6 +185,25 @@ class VLLMPolicy:
 
         self._call(reload).result()
 
+    def sleep(self, level: int = 1) -> bool:
+        """Free the engine's accelerator memory while a colocated learner updates: level 1 moves the
+        weights to host memory and drops the KV cache, level 2 drops the weights too (a weight load
+        must follow). Returns False, doing nothing, where the engine was not started with
+        ``enable_sleep_mode=True`` (vLLM supports it on CUDA only). Call with no request in flight."""
+        if not getattr(self.engine.vllm_config.model_config, "enable_sleep_mode", False):
+            return False
+        self._call(lambda: self.engine.sleep(level)).result()
+        return True
+
+    def wake_up(self) -> None:
+        """Undo :meth:`sleep` (a no-op when the engine is awake)."""
+        def wake() -> None:
+            if self.engine.is_sleeping():
+                self.engine.wake_up()
+
+        if getattr(self.engine.vllm_config.model_config, "enable_sleep_mode", False):
+            self._call(wake).result()
+
     def close(self) -> None:
         """Abort everything, stop the engine thread and shut the engine down."""
         if self._closed:

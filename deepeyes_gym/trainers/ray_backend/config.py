@@ -56,6 +56,11 @@ class RayConfig:
     """TCP port of the learner group's rendezvous (None: a free one; give distinct ones to parallel runs)."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """Placement-group strategy for the learner ranks (STRICT_PACK keeps a group on one node)."""
+    sleep_engines: bool = False
+    """Colocated layouts: the rollout engines free their accelerator memory during each update and
+    wake before the weight sync (vLLM sleep mode level 1, an HF model moved to host memory). Where
+    the platform cannot (CPU), the engines stay up and the step logs ``engines_slept`` 0. Not with
+    async_mode (generation runs during the update there)."""
     async_mode: bool = False
     """Overlap the generation of step k+1 with the update of step k (off: strictly on-policy)."""
     max_staleness: int = 1
@@ -104,5 +109,7 @@ class RayConfig:
                              "rank; use weight_transport='object_store' for colocated or fractional GPUs")
         if self.max_staleness < 0:
             raise ValueError("max_staleness must be >= 0")
+        if self.sleep_engines and self.async_mode:
+            raise ValueError("sleep_engines needs async_mode off: async generation runs during the update")
         if self.async_mode and self.max_staleness < 1:
             raise ValueError("async_mode needs max_staleness >= 1 (the next step samples with the previous weights)")

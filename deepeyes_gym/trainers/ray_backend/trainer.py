@@ -89,7 +89,7 @@ async def _train(cfg: RLConfig, ray_cfg: RayConfig, algo: Any) -> RLResult:
                       concurrency=ray_cfg.worker_concurrency or max(1, -(-cfg.concurrency // ray_cfg.rollout_workers)),
                       max_response_tokens=cfg.max_response_tokens, max_turn_tokens=cfg.max_turn_tokens,
                       temperature=cfg.temperature, top_p=cfg.top_p, episode_timeout_s=cfg.episode_timeout_s,
-                      vllm_kwargs=dict(ray_cfg.vllm_kwargs), plugins=tuple(cfg.plugins))
+                      vllm_kwargs=dict(ray_cfg.vllm_kwargs), plugins=tuple(cfg.plugins), sleep=ray_cfg.sleep_engines)
     pool = learners = metrics = None
     try:
         learners = LearnerGroup(cfg.model, cfg, algo, ray_cfg)  # its ranks start while the workers do
@@ -138,6 +138,7 @@ async def _train(cfg: RLConfig, ray_cfg: RayConfig, algo: Any) -> RLResult:
             return b, time.perf_counter() - t, sampler.position
 
         batch, gen_s, position = await collect(step)
+        warned_sleep = False
         while step < cfg.steps:
             t_step = time.perf_counter()
             row = rollout_metrics(batch, gen_s, cfg)
@@ -150,7 +151,17 @@ async def _train(cfg: RLConfig, ray_cfg: RayConfig, algo: Any) -> RLResult:
                 rewards = torch.tensor(shaped_rewards(trajs, cfg, algo.overlong_shaping))
                 adv = group_advantages(rewards, cfg.group_size, algo.advantage)
                 row.update({"shaped_reward": float(rewards.mean()), "adv_abs_mean": float(adv.abs().mean())})
-                upd = await learners.update(trajs, adv, bound)
+                slept = await pool.all("sleep") if ray_cfg.sleep_engines else []  # colocated: free their memory
+                if not all(slept) and not warned_sleep:
+                    warned_sleep = True
+                    log.warning("sleep_engines: %d of %d rollout engines cannot sleep on this platform (CPU, or "
+                                "vLLM without CUDA); they stay up during updates", slept.count(False), len(slept))
+                try:
+                    upd = await learners.update(trajs, adv, bound)
+                finally:
+                    if any(slept):
+                        await pool.all("wake_up")
+                row["engines_slept"] = sum(slept)
                 row.update(upd)
                 row["time/update_s"] = time.perf_counter() - t0
             else:

@@ -47,6 +47,7 @@ class WorkerSpec:
     episode_timeout_s: float | None
     vllm_kwargs: dict[str, Any]
     plugins: tuple[str, ...] = ()
+    sleep: bool = False  # free the engine's accelerator memory during updates (RayConfig.sleep_engines)
 
 
 class RolloutWorker:
@@ -121,6 +122,14 @@ class RolloutWorker:
         await asyncio.get_running_loop().run_in_executor(None, self._load, state)
         self.engine.weight_version = version
         return version
+
+    def sleep(self) -> bool:
+        """Free the engine's accelerator memory for a colocated update; False where the platform
+        cannot (CPU, or vLLM without sleep mode)."""
+        return bool(self.policy.sleep())
+
+    def wake_up(self) -> None:
+        self.policy.wake_up()
 
     # ---- broadcast weight sync (the receiving side; see sync.BroadcastGroup) ----
 
@@ -221,7 +230,10 @@ def _make_policy(spec: WorkerSpec) -> Any:
     if spec.backend == "vllm":
         from ...agents.vllm import VLLMPolicy
 
-        return VLLMPolicy.from_pretrained(spec.model_dir, **spec.vllm_kwargs)
+        kwargs = dict(spec.vllm_kwargs)
+        if spec.sleep and _has_cuda():  # vLLM's sleep mode exists on CUDA only
+            kwargs.setdefault("enable_sleep_mode", True)
+        return VLLMPolicy.from_pretrained(spec.model_dir, **kwargs)
     if spec.backend != "hf":
         raise ValueError(f"rollout_backend must be 'hf' or 'vllm', not {spec.backend!r}")
     from ...agents.hf import HFPolicy
@@ -306,6 +318,10 @@ class WorkerPool:
                     raise
                 await asyncio.sleep(0.5)
         raise AssertionError("unreachable")
+
+    async def all(self, method: str, *args: Any) -> list[Any]:
+        """``method(*args)`` on every worker at once (each through :meth:`call`)."""
+        return list(await asyncio.gather(*(self.call(i, method, *args) for i in range(len(self.workers)))))
 
     async def ensure_current(self, i: int) -> None:
         """Wait for worker ``i`` to be reachable and give it the pool's weights if it lacks them."""
