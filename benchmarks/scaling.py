@@ -1,6 +1,7 @@
 """Throughput of the Ray backend with 1, 2, 4 rollout workers (logical CPUs), sync vs async, on
-the tiny Qwen2.5-VL; writes benchmarks/results/scaling.{json,md} with a projection to 32 GPUs
-from the measured per-component costs.
+the tiny Qwen2.5-VL, and the weight sync's cost by transport (object store vs a gloo broadcast
+group, sync mode); writes benchmarks/results/scaling.{json,md} with a projection to 32 GPUs from
+the measured per-component costs.
 
     python benchmarks/scaling.py [--steps 3] [--workers 1 2 4]
 
@@ -19,25 +20,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from deepeyes_gym.envs.rewards.base import RewardResult  # noqa: E402
+from raykit import parity_reward  # noqa: E402  (the Ray tests' reward with spread)
+
 from deepeyes_gym.trainers.ray_backend import RayConfig, train_rl_ray  # noqa: E402
 from deepeyes_gym.trainers.rl import RLConfig  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
 
 
-def parity_reward(episode):
-    acc = float(len(episode.turns[0].action) % 2 == 0) if episode.turns else 0.0
-    return RewardResult(2 * acc - 1, {"accuracy": acc})
-
-
-def run(model: str, workers: int, async_mode: bool, steps: int, tmp: Path) -> dict:
-    cfg = RLConfig(model=model, out_dir=str(tmp / f"w{workers}-{async_mode}"), env_id="DeepEyes-Toy-v0",
+def run(model: str, workers: int, async_mode: bool, steps: int, tmp: Path, transport: str = "object_store") -> dict:
+    cfg = RLConfig(model=model, out_dir=str(tmp / f"w{workers}-{async_mode}-{transport}"), env_id="DeepEyes-Toy-v0",
                    env_kwargs={"reward": parity_reward}, train_batch=2, group_size=4, mini_batch=8, steps=steps,
                    max_response_tokens=64, max_turn_tokens=16, max_turns=2, overlong_buffer=32, concurrency=8,
                    lr=1e-4, warmup_steps=1, save_every=0, progress=False, tis_cap=2.0)
     t0 = time.perf_counter()
-    res = train_rl_ray(cfg, RayConfig(rollout_workers=workers, learners=2, async_mode=async_mode))
+    res = train_rl_ray(cfg, RayConfig(rollout_workers=workers, learners=2, async_mode=async_mode,
+                                      weight_transport=transport))
     wall = time.perf_counter() - t0
     h = res.history[1:] or res.history  # step 1 pays the workers' warm-up
     # sync: a step's cycle is its collection plus its update and sync; async: the update and sync
@@ -45,7 +43,7 @@ def run(model: str, workers: int, async_mode: bool, steps: int, tmp: Path) -> di
     step_s = sum(r["time/step_s"] + (0.0 if async_mode else r["time/generation_s"]) for r in h) / len(h)
     traj = 2 * 4
     tokens = sum(r["response_len"] * traj for r in h) / len(h)
-    return {"workers": workers, "async": async_mode, "steps": res.steps, "wall_s": wall, "step_s": step_s,
+    return {"workers": workers, "async": async_mode, "transport": transport, "steps": res.steps, "wall_s": wall, "step_s": step_s,
             "gen_s": sum(r["time/generation_s"] for r in h) / len(h),
             "update_s": sum(r.get("time/update_s", 0.0) for r in h) / len(h),
             "sync_s": sum(r.get("time/sync_s", 0.0) for r in h) / len(h),
@@ -53,7 +51,7 @@ def run(model: str, workers: int, async_mode: bool, steps: int, tmp: Path) -> di
 
 
 def projection(rows: list[dict]) -> str:
-    one = next(r for r in rows if r["workers"] == 1 and not r["async"])
+    one = next(r for r in rows if r["workers"] == 1 and not r["async"] and r["transport"] == "object_store")
     gen_tok_s = one["sampled_tokens_per_step"] / one["gen_s"]
     upd_tok_s = one["sampled_tokens_per_step"] / max(one["update_s"], 1e-9)
     return "\n".join([
@@ -93,24 +91,27 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for w in args.workers:
-                for a in (False, True):
-                    rows.append(run(model, w, a, args.steps, Path(tmp)))
+                for a, transport in ((False, "object_store"), (True, "object_store"), (False, "broadcast")):
+                    rows.append(run(model, w, a, args.steps, Path(tmp), transport))
                     print(json.dumps(rows[-1]), flush=True)
     finally:
         ray.shutdown()
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "scaling.json").write_text(json.dumps(rows, indent=2))
     lines = ["# Ray backend scaling (tiny Qwen2.5-VL, 2 cores, 8 logical CPUs, 2 learner ranks)", "",
-             "| workers | mode | step s | gen s | update s | sync s | traj/s | sampled tok/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| workers | mode | weight transport | step s | gen s | update s | sync s (+probe) | traj/s | sampled tok/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['workers']} | {'async' if r['async'] else 'sync'} | {r['step_s']:.2f} | {r['gen_s']:.2f} | "
+        lines.append(f"| {r['workers']} | {'async' if r['async'] else 'sync'} | {r['transport']} | {r['step_s']:.2f} | "
+                     f"{r['gen_s']:.2f} | "
                      f"{r['update_s']:.2f} | {r['sync_s']:.2f} | {r['trajectories_per_s']:.2f} | {r['tokens_per_s']:.1f} |")
     lines.append("")
     for w in args.workers:
-        s = next(r for r in rows if r["workers"] == w and not r["async"])
-        a = next(r for r in rows if r["workers"] == w and r["async"])
-        lines.append(f"- {w} worker(s): async speed-up {s['step_s'] / a['step_s']:.2f}x (step time, same run)")
+        s, a, b = (next(r for r in rows if r["workers"] == w and (r["async"], r["transport"]) == key)
+                   for key in ((False, "object_store"), (True, "object_store"), (False, "broadcast")))
+        lines.append(f"- {w} worker(s): async speed-up {s['step_s'] / a['step_s']:.2f}x (step time, same run); "
+                     f"broadcast sync {b['sync_s'] * 1e3:.0f} ms vs object store {s['sync_s'] * 1e3:.0f} ms "
+                     f"({s['sync_s'] / max(b['sync_s'], 1e-9):.2f}x; both include the probe check)")
     lines += ["", projection(rows), ""]
     (OUT / "scaling.md").write_text("\n".join(lines))
     print("\n".join(lines))
