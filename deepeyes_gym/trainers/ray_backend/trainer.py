@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,12 @@ def train_rl_ray(cfg: RLConfig, ray_cfg: RayConfig | None = None) -> RLResult:
 
     import deepeyes_gym  # noqa: F401  (env ids)
 
+    from ...agents.tiny import model_dir
+
     ray_cfg = ray_cfg or RayConfig()
     if not cfg.model:
         raise ValueError("RLConfig.model: give a model directory")
+    cfg = replace(cfg, model=str(model_dir(cfg.model)))  # "tiny": built here once, read by every actor
     for plugin in cfg.plugins:
         import_plugin(plugin)
     algo = get_algorithm(cfg.algorithm)
