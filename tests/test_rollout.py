@@ -45,20 +45,21 @@ def hf():
     policy.close()
 
 
-@pytest.fixture(scope="module")
-def realx_tasks():
-    env = gym.make("DeepEyes-RealX-v0")
-    tasks = env.unwrapped.tasks[:8]
+def _first_tasks(env_id: str, n: int):
+    env = gym.make(env_id)
+    tasks = env.unwrapped.tasks[:n]
     env.close()
     return tasks
+
+
+@pytest.fixture(scope="module")
+def realx_tasks():
+    return _first_tasks("DeepEyes-RealX-v0", 8)
 
 
 @pytest.fixture(scope="module")
 def toy_tasks():
-    env = gym.make("DeepEyes-Toy-v0")
-    tasks = env.unwrapped.tasks[:4]
-    env.close()
-    return tasks
+    return _first_tasks("DeepEyes-Toy-v0", 4)
 
 
 class BanIds(LogitsProcessor):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from typing import Any, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..sandbox import ExecResult, LocalSandbox, RemoteSandbox, SandboxBackend, SandboxConfig, SandboxError
 from ..sandbox.admission import AdmissionCancelled, Ticket, admit
@@ -183,29 +184,30 @@ class PythonTool(Tool):
     def start_episode(self, ctx: ToolContext) -> None:
         """Take a fresh worker and bind ``ctx.images`` as ``image_1``, ``image_2``, ...; episodes of
         one task (``ctx.task_id``, same image objects) share one read-only copy of the pixels."""
-        with self._lock:
-            self._aborted.clear()
-            try:
-                backend = self.backend
-                if isinstance(backend, LocalSandbox):
-                    backend.start(list(ctx.images or ()), key=ctx.task_id)
-                else:
-                    backend.start(list(ctx.images or ()))
-            except SandboxError as exc:
-                self._active = False
-                raise ToolError(f"the Python sandbox could not start: {exc}") from None
-            self._active = True
+        with self._lock, self._starting():
+            backend = self.backend
+            if isinstance(backend, LocalSandbox):
+                backend.start(list(ctx.images or ()), key=ctx.task_id)
+            else:
+                backend.start(list(ctx.images or ()))
 
     async def start_episode_async(self, ctx: ToolContext) -> None:
         """:meth:`start_episode` for asyncio code: no thread waits for a worker (local backend;
         a remote backend starts synchronously, it only records the images)."""
         backend = self.backend
-        self._aborted.clear()
-        try:
+        with self._starting():
             if isinstance(backend, LocalSandbox):
                 await backend.start_async(list(ctx.images or ()), key=ctx.task_id)
             else:
                 backend.start(list(ctx.images or ()))
+
+    @contextmanager
+    def _starting(self) -> Iterator[None]:
+        """An episode's start: a new episode is not aborted; a sandbox that cannot start is a
+        ToolError (the episode runs no code) and leaves the tool inactive."""
+        self._aborted.clear()
+        try:
+            yield
         except SandboxError as exc:
             self._active = False
             raise ToolError(f"the Python sandbox could not start: {exc}") from None
