@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -172,14 +173,17 @@ def test_a_rank_lost_in_a_checkpoint_is_rebuilt_from_the_last_one(tmp_path, monk
 
     monkeypatch.setattr(LearnerGroup, "probe_logprobs", probe)
     out = tmp_path / "ckpt"
+    # Restarts to spare: a rebuilt rank can die on its own (seen once in CI: glibc aborted a fresh
+    # FSDP2 rank on a corrupted heap); the group must then survive that too, with the same result.
     got = train_rl_ray(config(tmp_path, "ckpt", save_every=1),
-                       RayConfig(rollout_workers=2, learners=2, learner_strategy="fsdp2"))
+                       RayConfig(rollout_workers=2, learners=2, learner_strategy="fsdp2", max_learner_restarts=3))
     # FSDP2's DCP checkpoint 1 restored, update 2 replayed, checkpoint 2 written again
     assert f"died during 'checkpoint to {out / 'checkpoint-000002'}'" in caplog.text
-    assert f"from {out / 'checkpoint-000001'} and replaying 1 updates" in caplog.text
+    assert f"(1 of 3) from {out / 'checkpoint-000001'} and replaying 1 updates" in caplog.text
     assert got.losses == pytest.approx(local.losses[:2], rel=1e-4, abs=1e-6)
     assert [r["step"] for r in rows(out)] == [1, 2]
-    assert probed[-1] == 1 and probed.count(1) == 2  # both workers probe-checked after the rebuild
+    # both workers probe-checked against the last rebuilt group
+    assert probed[-1] >= 1 and probed[-2:] == [probed[-1]] * 2
     assert (out / "latest").read_text() == "checkpoint-000002"
     assert_same_weights(local.out_dir / "checkpoint-000002" / "model", out / "checkpoint-000002" / "model")
 
@@ -202,3 +206,74 @@ def test_resume_on_ray_continues_the_same_run(tmp_path, local):
         assert (b["shaped_reward"], b["adv_abs_mean"], b["groups_kept"]) == pytest.approx(
             (a["shaped_reward"], a["adv_abs_mean"], a["groups_kept"]), rel=1e-6)
     assert_same_weights(local.out_dir / "checkpoint-000004" / "model", tmp_path / "ray" / "checkpoint-000004" / "model")
+
+
+def mixed_trajectories(model_dir, with_image):
+    """Hand-made trajectories of the tiny Qwen2.5-VL: a 4×4-patch image (4 tokens once merged) where
+    ``with_image`` says, text only elsewhere."""
+    from deepeyes_gym.agents.trajectory import Trajectory
+
+    mc = json.loads((model_dir / "config.json").read_text())
+    vc = mc["vision_config"]
+    patch = vc["in_channels"] * vc["temporal_patch_size"] * vc["patch_size"] ** 2
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for k, img in enumerate(with_image):
+        prompt = torch.randint(0, 600, (6,), generator=g).tolist()
+        if img:
+            prompt[3:3] = [mc["vision_start_token_id"], *[mc["image_token_id"]] * 4, mc["vision_end_token_id"]]
+        resp = torch.randint(0, 600, (4 + k,), generator=g).tolist()
+        t = Trajectory(uid=f"t:{k}", group=f"t{k // 2}", sample=k % 2, prompt_ids=prompt, response_ids=resp,
+                       response_mask=[1] * len(resp), logprobs=[-6.0] * len(resp))
+        if img:
+            t.pixel_values, t.image_grid_thw = torch.randn(16, patch, generator=g), torch.tensor([[1, 4, 4]])
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["fsdp2", "zero2", "zero3"])
+def test_a_sharded_learner_trains_mixed_image_and_text_batches(tmp_path, strategy):
+    """One image among text-only sequences: passes pair a rank that runs the vision tower with one
+    that has no image. Their collectives must still pair up (gloo aborted the rank on the size
+    mismatch before) and the update be the single-process one."""
+    from deepeyes_gym.agents.hf import load_model
+    from deepeyes_gym.trainers.algorithms import get_algorithm
+    from deepeyes_gym.trainers.optim import make_optimizer
+    from deepeyes_gym.trainers.ray_backend.learner import LearnerGroup
+    from deepeyes_gym.trainers.rl_steps import token_logprobs_entropy, update_policy
+
+    cfg = config(tmp_path, "mixed", mini_batch=2)
+    model_dir = Path(cfg.model)
+    trajs = mixed_trajectories(model_dir, [True, False, False, False])
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    algo = get_algorithm(cfg.algorithm)
+    ref = load_model(str(model_dir), device="cpu").eval()
+    opt, _ = make_optimizer(ref, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas),
+                            total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, schedule="constant")
+    with torch.no_grad():
+        old = [token_logprobs_entropy(ref, t)[0] for t in trajs]
+    want = update_policy(ref, opt, trajs, adv, old, cfg, algo, torch.Generator().manual_seed(cfg.seed))
+    rc = RayConfig(rollout_workers=1, learners=2, learner_strategy="fsdp2" if strategy == "fsdp2" else "deepspeed",
+                   zero_stage=int(strategy[-1]) if strategy != "fsdp2" else 2, call_timeout_s=60,
+                   max_learner_restarts=0)
+
+    async def run():
+        group = LearnerGroup(str(model_dir), cfg, algo, rc)
+        try:
+            await group.ready()
+            row = await group.update(trajs, adv, 0)
+            return row, ray.get(await group.state_dict_ref())
+        finally:
+            group.close()
+
+    row, sd = asyncio.run(run())
+    assert row["updates"] == want["updates"] == 2
+    assert row["loss"] == pytest.approx(want["loss"], rel=1e-4, abs=1e-6)
+    # ZeRO-3 stepped a vision tower that got no gradient with its last one (3.61 vs 3.28 here)
+    assert row["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
+    for k, v in ref.state_dict().items():
+        # DeepSpeed's AdamW steps every parameter each update, a zero gradient included (momentum,
+        # weight decay); torch's skips one without a gradient: the vision tower after a text-only
+        # mini-batch. FSDP2 keeps torch's optimizer, so its vision weights match too.
+        if strategy == "fsdp2" or ".visual." not in f".{k}":
+            assert torch.allclose(sd[k], v, atol=1e-5), k

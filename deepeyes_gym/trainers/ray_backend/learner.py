@@ -6,7 +6,9 @@ epoch on every rank, each mini-batch split across ranks by position, each rank's
 by the mini-batch's global token count, so the all-reduced gradient is the single-process one
 (both engines average over ranks; each loss is multiplied by the world size to make that a sum).
 Ranks run the same number of forward and backward passes (a rank short of sequences runs
-zero-weighted ones): under ZeRO-3 and FSDP2 every forward is a collective.
+zero-weighted ones): under ZeRO-3 and FSDP2 every forward is a collective. They also run the same
+modules: a rank whose sequence has no image while a peer's has runs the vision tower on a dummy
+image (:class:`_VisionLockstep`), else the ranks' collectives would no longer pair up.
 
 A rank that dies or hangs costs a rebuild of the whole group (``max_learner_restarts``): from the
 last checkpoint it saved or loaded (else the model dir), with the updates since replayed from
@@ -183,13 +185,62 @@ class _FSDP2:
         set_optimizer_state_dict(self.model, self.opt, state["optim"], options=StateDictOptions(strict=False))
 
 
+class _VisionLockstep:
+    """Keeps a rank's modules in step with its peers' on a pass where its sequence has no image and
+    a peer's has: sharded engines gather a block's parameters (ZeRO-3, FSDP2) and reduce its
+    gradients (all of them) in collectives issued as the block runs, so a vision tower that runs on
+    one rank only leaves them unpaired: gloo aborts on the size mismatch, NCCL hangs. While ``on``,
+    a hook before the language model runs the vision tower on a blank image of 2×2 merged tokens
+    and adds 0 × its output to the input embeddings, where the image's features would go:
+    the same collectives in the same order, unchanged logits and zero gradients (the peer's image
+    gradients are the mini-batch's, as in the single-process update). verl does the same.
+
+    ``every_pass`` (ZeRO-3): on every pass of an image-less sequence, peers or not. ZeRO-3 steps
+    each parameter from its slice of a flat gradient buffer that only a gradient overwrites, so a
+    vision tower that got none in an update would be stepped with its previous update's gradient;
+    the dummy pass makes it a true zero."""
+
+    def __init__(self, model: Any, every_pass: bool = False) -> None:
+        inner = getattr(model, "model", None)
+        self.visual = getattr(inner, "visual", None)
+        self.every_pass = every_pass
+        self.on = False
+        lm = getattr(inner, "language_model", None)
+        if self.visual is not None and lm is not None:
+            # first: before ZeRO-3's own hook there fetches (and records) the language model
+            lm.register_forward_pre_hook(self._run, with_kwargs=True, prepend=True)
+        elif self.visual is not None:
+            raise TypeError(f"{type(model).__name__}: a vision tower but no language_model to run it before")
+
+    def set(self, has_image: list[bool], rank: int) -> None:
+        """This pass's images per rank (rank order)."""
+        self.on = self.visual is not None and not has_image[rank] and (self.every_pass or any(has_image))
+
+    def _run(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        import torch
+
+        if not self.on:
+            return None
+        vc = self.visual.config
+        side = 2 * vc.spatial_merge_size  # 2×2 merged tokens (4×4 patches on Qwen2.5-VL, verl's dummy too)
+        emb = kwargs["inputs_embeds"]
+        pixels = torch.zeros(side * side, vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2,
+                             dtype=self.visual.dtype, device=emb.device)
+        feats = self.visual(pixels, grid_thw=torch.tensor([[1, side, side]], device=emb.device)).pooler_output
+        kwargs["inputs_embeds"] = emb + 0.0 * feats.sum().to(emb.dtype)
+        return args, kwargs
+
+
 class LearnerRank:
     """One rank: the sharded model (``shards``: DeepSpeed or FSDP2), the scheduler and the update generator."""
 
     def __init__(self, rank: int, world: int, master: tuple[str, int], model_dir: str, cfg: Any, algo: Any,
                  ray_cfg: Any) -> None:
+        import faulthandler
+
         import torch
 
+        faulthandler.enable()  # a native crash (SIGSEGV, SIGABRT) leaves the Python stack in the worker's log
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR=master[0], MASTER_PORT=str(master[1]))
         torch.manual_seed(cfg.seed)
@@ -203,6 +254,8 @@ class LearnerRank:
         else:
             self.shards = _DeepSpeed(model_dir, cfg, ray_cfg.zero_stage, ray_cfg.dist_backend, timeout)
         self.model, self.sched = self.shards.model, self.shards.sched
+        self.lockstep = _VisionLockstep(self.model, every_pass=ray_cfg.learner_strategy == "deepspeed"
+                                        and ray_cfg.zero_stage == 3)
         self.rank, self.world, self.cfg, self.algo = rank, world, cfg, algo
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.version = 0
@@ -211,6 +264,12 @@ class LearnerRank:
     def update(self, trajs: list[Any], adv: Any, max_staleness: int) -> dict[str, Any]:
         """One training step's ``ppo_epochs`` × mini-batches; returns this rank's sums (the group
         adds them up). Refuses any trajectory staler than ``max_staleness``."""
+        try:
+            return self._update(trajs, adv, max_staleness)
+        finally:
+            self.lockstep.on = False  # the probe and the weight gather run text only, on every rank
+
+    def _update(self, trajs: list[Any], adv: Any, max_staleness: int) -> dict[str, Any]:
         import torch
 
         from ...agents.hf import logprob_mismatch
@@ -224,11 +283,15 @@ class LearnerRank:
         batches = [p[s:s + mbs] for p in perms for s in range(0, n, mbs)]  # every epoch's mini-batches, in order
         # the same permutations on every rank: each knows every rank's share
         share = [sorted({i for mb in batches for i in mb[r::world]}) for r in range(world)]
-        model = self.model
+        model, has_image = self.model, [t.pixel_values is not None for t in trajs]
+        old: dict[int, Any] = {}
         with torch.no_grad():  # old logprobs with the pre-update weights, for every index this rank trains
-            old = {i: token_logprobs_entropy(model, trajs[i])[0] for i in share[self.rank]}
-            for _ in range(max(map(len, share)) - len(share[self.rank])):
-                token_logprobs_entropy(model, trajs[0])  # as many (collective) forwards as the busiest rank
+            for p in range(max(map(len, share))):  # as many (collective) forwards as the busiest rank
+                idx = [s[p] if p < len(s) else 0 for s in share]  # a rank short of indices re-runs 0
+                self.lockstep.set([has_image[i] for i in idx], self.rank)
+                lp = token_logprobs_entropy(model, trajs[idx[self.rank]])[0]
+                if p < len(share[self.rank]):
+                    old[idx[self.rank]] = lp
         n_first = math.ceil(n / mbs)  # each trajectory in exactly one rank's first epoch
         first = [i for mb in batches[:n_first] for i in mb[self.rank::world]]
         mm = {"n_tokens": 0, "sum_abs": 0.0, "max_abs": 0.0, "sum_k3": 0.0}
@@ -248,7 +311,9 @@ class LearnerRank:
             mb_loss = 0.0
             for j in range(k):
                 real = j < len(local)
-                i = local[j] if real else mb[0]
+                idx = [mb[r::world][j] if j < len(mb[r::world]) else mb[0] for r in range(world)]
+                self.lockstep.set([has_image[x] for x in idx], self.rank)
+                i = idx[self.rank]
                 t = trajs[i]
                 # A padding pass (this rank has fewer sequences) is scaled by 0 below; mb[0] may be
                 # another rank's, without old logprobs here: zeros keep its (unused) loss finite.

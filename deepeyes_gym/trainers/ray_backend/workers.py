@@ -56,6 +56,8 @@ class RolloutWorker:
     ``(EnvWorker actor name, slot)`` pairs when the envs run in env-worker actors (None: its own)."""
 
     def __init__(self, spec: WorkerSpec, env_slots: Sequence[tuple[str, int]] | None = None) -> None:
+        import faulthandler
+
         import gymnasium as gym
 
         import deepeyes_gym  # noqa: F401  (env ids)
@@ -65,6 +67,7 @@ class RolloutWorker:
         from ...agents.rollout import RolloutEngine
         from ..rl_steps import import_plugin
 
+        faulthandler.enable()  # a native crash (SIGSEGV, SIGABRT) leaves the Python stack in the worker's log
         for p in spec.plugins:
             import_plugin(p)
         self.spec = spec
