@@ -63,7 +63,8 @@ def target_size(height: int, width: int, spec: VisionSpec, max_pixels: int | Non
         th, tw = max(f, math.floor(h / beta / f) * f), max(f, math.floor(w / beta / f) * f)
     elif th * tw < lo:
         beta = math.sqrt(lo / (h * w))
-        th, tw = math.ceil(h * beta / f) * f, math.ceil(w * beta / f) * f
+        # less a rounding error: 19×19 to 56×56 gives 56.000000000000004 / 28, which must not ceil to 3
+        th, tw = math.ceil(h * beta / f - 1e-9) * f, math.ceil(w * beta / f - 1e-9) * f
     short, long_ = sorted((th, tw))
     long_ = min(long_, MAX_RATIO * short)
     long_ = max(short, min(long_, hi // short // f * f))
