@@ -238,8 +238,7 @@ def test_a_sharded_learner_trains_mixed_image_and_text_batches(tmp_path, strateg
     mismatch before) and the update be the single-process one."""
     from deepeyes_gym.agents.hf import load_model
     from deepeyes_gym.trainers.algorithms import get_algorithm
-    from deepeyes_gym.trainers.optim import make_optimizer
-    from deepeyes_gym.trainers.ray_backend.learner import LearnerGroup
+    from deepeyes_gym.trainers.ray_backend.learner import LearnerGroup, _optimizer
     from deepeyes_gym.trainers.rl_steps import token_logprobs_entropy, update_policy
 
     cfg = config(tmp_path, "mixed", mini_batch=2)
@@ -248,8 +247,7 @@ def test_a_sharded_learner_trains_mixed_image_and_text_batches(tmp_path, strateg
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
     algo = get_algorithm(cfg.algorithm)
     ref = load_model(str(model_dir), device="cpu").eval()
-    opt, _ = make_optimizer(ref, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas),
-                            total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, schedule="constant")
+    opt, _ = _optimizer(ref, cfg)  # the ranks' AdamW, on the unsharded model
     with torch.no_grad():
         old = [token_logprobs_entropy(ref, t)[0] for t in trajs]
     want = update_policy(ref, opt, trajs, adv, old, cfg, algo, torch.Generator().manual_seed(cfg.seed))
